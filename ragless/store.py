@@ -1,0 +1,543 @@
+"""The on-disk index: Parquet tables, FAISS vectors and a manifest committed atomically.
+
+Layout of an index directory (see ../shared/DESIGN.md, "The index on disk")::
+
+    manifest.json                 the commit point: generation, components, live shards, the catalog to read
+    catalog/g000007.parquet       the live documents of generation 7 (id, source, sha256, shard): no text
+    documents/<shard>.parquet     immutable: the documents a batch wrote (text, units, meta)
+    segments/<shard>.parquet      immutable: their segments, row-aligned with ...
+    vectors/<shard>.faiss         ... their embeddings (FAISS flat inner-product index)
+
+A writer never changes a file that a manifest names. It writes new shard files, then a new catalog, then replaces
+`manifest.json` with `os.replace` (atomic on POSIX). A process killed at any point leaves the last committed
+generation intact; the files it wrote but never committed are unreferenced and removed when the next writer opens the
+index. Rows of a replaced or deleted document stay in their shard until `compact` rewrites it, but the catalog no
+longer points at them, so readers ignore them.
+
+Readers open everything a manifest names when they are made (Parquet memory-mapped, vectors in memory), so a later
+commit or garbage collection never changes what an open reader sees. The files of the previous generation are kept
+until the next commit, so a reader that has just read the old manifest can still open its files.
+
+One writer at a time: `IndexWriter` holds an exclusive `flock` on `.writer.lock`, released by the kernel even when the
+process is killed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import signal
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from preprocess_model.document import Document, Segment
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".writer.lock"
+
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("sha256", pa.string()),
+        ("title", pa.string()),
+        ("text", pa.large_string()),
+        ("meta", pa.string()),  # JSON
+        ("unit_starts", pa.list_(pa.int64())),
+        ("unit_ends", pa.list_(pa.int64())),
+    ]
+)
+SEGMENTS_SCHEMA = pa.schema(
+    [
+        ("seg_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("ordinal", pa.int32()),
+        ("char_start", pa.int64()),
+        ("char_end", pa.int64()),
+        ("text", pa.string()),
+        ("section", pa.string()),
+        ("kind", pa.string()),
+    ]
+)
+CATALOG_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("sha256", pa.string()),
+        ("title", pa.string()),
+        ("shard", pa.string()),
+        ("n_segments", pa.int32()),
+        ("n_chars", pa.int64()),
+    ]
+)
+
+
+class StoreError(RuntimeError):
+    """The index cannot be used as asked (missing, locked, made by other components, corrupt)."""
+
+
+def crashpoint(name: str) -> None:
+    """Kill this process with SIGKILL at a named point when RAGLESS_CRASHPOINT names it (crash-safety tests).
+
+    SIGKILL, not an exception: nothing gets to clean up, exactly like `kill -9` or a power cut.
+    """
+    if os.environ.get("RAGLESS_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then move into place: the file is whole or absent, never half-written."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_parquet(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
+    _write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size))
+
+
+DOC_ROW_GROUP = 16  # documents per Parquet row group: fetching one document decompresses at most this many
+
+
+def _write_faiss(path: Path, index: faiss.Index) -> None:
+    _write_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # cannot happen through os.replace; means someone edited it by hand
+        raise StoreError(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {manifest.get('schema_version')}, this ragless reads {SCHEMA_VERSION}")
+    return manifest
+
+
+def manifest_files(manifest: dict[str, Any] | None) -> set[str]:
+    """The paths (relative to the index root) a manifest refers to."""
+    if not manifest:
+        return set()
+    files = {manifest["catalog"]} if manifest.get("catalog") else set()
+    for shard in manifest["shards"]:
+        files |= {f"documents/{shard['id']}.parquet", f"segments/{shard['id']}.parquet", f"vectors/{shard['id']}.faiss"}
+    return files
+
+
+@dataclass
+class CatalogEntry:
+    doc_id: str
+    source: str
+    sha256: str
+    title: str
+    shard: str
+    n_segments: int
+    n_chars: int
+
+
+def _read_catalog(root: Path, manifest: dict[str, Any] | None) -> dict[str, CatalogEntry]:
+    if not manifest or not manifest.get("catalog"):
+        return {}
+    table = pq.read_table(root / manifest["catalog"], schema=CATALOG_SCHEMA)
+    return {row["doc_id"]: CatalogEntry(**row) for row in table.to_pylist()}
+
+
+def _documents_table(docs: Sequence[Document]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {
+            "doc_id": [d.doc_id for d in docs],
+            "source": [d.source for d in docs],
+            "sha256": [d.sha256 for d in docs],
+            "title": [d.title for d in docs],
+            "text": [d.text for d in docs],
+            "meta": [json.dumps(d.meta, ensure_ascii=False) for d in docs],
+            "unit_starts": [[s for s, _ in d.units] for d in docs],
+            "unit_ends": [[e for _, e in d.units] for d in docs],
+        },
+        schema=DOCUMENTS_SCHEMA,
+    )
+
+
+def _segments_table(segments: Sequence[Segment]) -> pa.Table:
+    cols = {name: [getattr(s, name) for s in segments] for name in SEGMENTS_SCHEMA.names}
+    return pa.Table.from_pydict(cols, schema=SEGMENTS_SCHEMA)
+
+
+def _document_from_row(row: dict[str, Any]) -> Document:
+    return Document(
+        doc_id=row["doc_id"],
+        source=row["source"],
+        text=row["text"],
+        sha256=row["sha256"],
+        title=row["title"],
+        meta=json.loads(row["meta"]),
+        units=list(zip(row["unit_starts"], row["unit_ends"])),
+    )
+
+
+class IndexWriter:
+    """The single writer of an index directory: stages shards and deletions, then commits a new generation.
+
+    Use as a context manager; ``components`` is what made the vectors and cuts (``{"segmenter": {...},
+    "encoder": {...}}``) and must match what an existing index recorded.
+
+        with IndexWriter(path, components, dim=384) as w:
+            w.add_shard(docs, segments_per_doc, vectors)   # vectors: (sum of segments, D) float32, unit norm
+            w.delete(["doc-id"])
+            w.commit()
+    """
+
+    def __init__(self, root: str | Path, components: dict[str, Any] | None = None, dim: int | None = None):
+        """Open (or create) the index at ``root``; ``components``/``dim`` None = those the index recorded."""
+        self.root = Path(root)
+        if (components is None or dim is None) and read_manifest(self.root) is None:
+            raise StoreError(f"no index at {self.root}: a new index needs its components and dimension")
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("catalog", "documents", "segments", "vectors"):
+            (self.root / sub).mkdir(exist_ok=True)
+        self._lock_file = open(self.root / LOCK, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._lock_file.close()
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise StoreError(f"another writer holds {self.root / LOCK}: one writer per index at a time") from e
+            raise
+        self.manifest = read_manifest(self.root)
+        self.components = components if components is not None else self.manifest["components"]
+        self.dim = dim if dim is not None else self.manifest["dim"]
+        self._check_components()
+        self.catalog = _read_catalog(self.root, self.manifest)
+        self.shards: dict[str, dict[str, Any]] = {s["id"]: s for s in (self.manifest or {}).get("shards", [])}
+        self._dirty = False
+        self.collect_garbage()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def __enter__(self) -> "IndexWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock. Staged, uncommitted changes are dropped (their files are collected next time)."""
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    @property
+    def generation(self) -> int:
+        return self.manifest["generation"] if self.manifest else 0
+
+    def _check_components(self) -> None:
+        if not self.manifest:
+            return
+        for key, made_by in self.components.items():
+            recorded = self.manifest["components"].get(key)
+            if recorded != made_by:
+                raise StoreError(
+                    f"{self.root} was made with {key} {json.dumps(recorded)}, not {json.dumps(made_by)}: "
+                    "ingest into a new index (or delete this one) to change components"
+                )
+        if self.manifest["dim"] != self.dim:
+            raise StoreError(f"{self.root} holds {self.manifest['dim']}-dim vectors, the encoder makes {self.dim}")
+
+    # -- staging -----------------------------------------------------------------------------------------------------
+    def add_shard(self, docs: Sequence[Document], segments: Sequence[Sequence[Segment]], vectors: np.ndarray) -> str:
+        """Write one immutable shard for ``docs`` and stage them in the catalog (replacing same-id documents).
+
+        segments: one list per document; vectors: (total segments, D) float32 in the same order.
+        Returns the shard id. Nothing is visible to readers before `commit`.
+        """
+        flat = [s for segs in segments for s in segs]
+        if len(docs) != len(segments):
+            raise ValueError(f"{len(docs)} documents but {len(segments)} segment lists")
+        if vectors.shape != (len(flat), self.dim):
+            raise ValueError(f"vectors {vectors.shape} do not match {len(flat)} segments of dim {self.dim}")
+        if len({d.doc_id for d in docs}) != len(docs):
+            raise ValueError("a shard cannot hold the same doc_id twice")
+        shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        vindex = faiss.IndexFlatIP(self.dim)
+        if len(flat):
+            vindex.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        _write_parquet(self.root / "documents" / f"{shard}.parquet", _documents_table(docs), DOC_ROW_GROUP)
+        _write_parquet(self.root / "segments" / f"{shard}.parquet", _segments_table(flat))
+        _write_faiss(self.root / "vectors" / f"{shard}.faiss", vindex)
+        self.shards[shard] = {"id": shard, "documents": len(docs), "segments": len(flat)}
+        for doc, segs in zip(docs, segments):
+            self.catalog[doc.doc_id] = CatalogEntry(
+                doc.doc_id, doc.source, doc.sha256, doc.title, shard, len(segs), len(doc.text)
+            )
+        self._dirty = True
+        return shard
+
+    def delete(self, doc_ids: Iterable[str]) -> list[str]:
+        """Stage removal of documents; returns the ids that were present."""
+        removed = [d for d in doc_ids if self.catalog.pop(d, None) is not None]
+        self._dirty = self._dirty or bool(removed)
+        return removed
+
+    # -- commit ------------------------------------------------------------------------------------------------------
+    def commit(self) -> int:
+        """Make staged changes visible atomically; returns the new generation (the same one if nothing changed)."""
+        if not self._dirty and self.manifest is not None:
+            return self.generation
+        gen = self.generation + 1
+        live = self._live_counts()
+        shards = [dict(s, live_documents=live.get(sid, (0, 0))[0], live_segments=live.get(sid, (0, 0))[1])
+                  for sid, s in sorted(self.shards.items()) if sid in live]
+        catalog_path = f"catalog/g{gen:06d}.parquet"
+        rows = sorted(self.catalog.values(), key=lambda e: e.doc_id)
+        table = pa.Table.from_pylist([vars(e) for e in rows], schema=CATALOG_SCHEMA)
+        _write_parquet(self.root / catalog_path, table)
+        crashpoint("before-manifest")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "generation": gen,
+            "committed_at": _now(),
+            "components": self.components,
+            "dim": self.dim,
+            "catalog": catalog_path,
+            "shards": shards,
+            "counts": {
+                "documents": len(self.catalog),
+                "segments": sum(e.n_segments for e in self.catalog.values()),
+                "stored_segments": sum(s["segments"] for s in shards),
+            },
+            "previous": sorted(manifest_files(self.manifest)),  # kept one more generation for readers opening now
+        }
+        _write_atomic(self.root / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+        _fsync_dir(self.root)
+        crashpoint("after-manifest")
+        self.manifest = manifest
+        self.shards = {s["id"]: s for s in shards}
+        self._dirty = False
+        self.collect_garbage()
+        return gen
+
+    def _live_counts(self) -> dict[str, tuple[int, int]]:
+        counts: dict[str, tuple[int, int]] = {}
+        for e in self.catalog.values():
+            d, s = counts.get(e.shard, (0, 0))
+            counts[e.shard] = (d + 1, s + e.n_segments)
+        return counts
+
+    def collect_garbage(self) -> list[str]:
+        """Remove files that neither the committed generation nor the one before it refers to.
+
+        Those are the shards of replaced or deleted data after a later commit, and files that a killed writer left
+        behind before committing. Returns the removed paths (relative to the root).
+        """
+        keep = manifest_files(self.manifest) | set((self.manifest or {}).get("previous", []))
+        removed = []
+        for sub in ("catalog", "documents", "segments", "vectors"):
+            for path in (self.root / sub).iterdir():
+                rel = f"{sub}/{path.name}"
+                if rel not in keep:
+                    path.unlink(missing_ok=True)
+                    removed.append(rel)
+        for path in self.root.glob(f".{MANIFEST}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
+
+    # -- maintenance -------------------------------------------------------------------------------------------------
+    def compact(self, target_segments: int = 16384) -> int:
+        """Rewrite shards that hold dead rows or are small into shards of about ``target_segments`` live segments.
+
+        Streams one source shard at a time, so memory is bounded by the target size. Returns how many shards were
+        rewritten; commit to make the result visible.
+        """
+        live = self._live_counts()
+        has_dead = {sid for sid, s in self.shards.items() if sid in live and live[sid][1] < s["segments"]}
+        small = {sid for sid, s in self.shards.items() if sid in live and s["segments"] < target_segments // 2}
+        todo = sorted(has_dead | small)
+        if not has_dead and len(todo) < 2:
+            return 0
+        pending_docs: list[Document] = []
+        pending_segs: list[list[Segment]] = []
+        pending_vecs: list[np.ndarray] = []
+        n_pending = 0
+
+        def flush() -> None:
+            nonlocal n_pending
+            if pending_docs:
+                vecs = np.concatenate(pending_vecs) if pending_vecs else np.zeros((0, self.dim), np.float32)
+                self.add_shard(pending_docs, pending_segs, vecs)
+            pending_docs.clear(), pending_segs.clear(), pending_vecs.clear()
+            n_pending = 0
+
+        for sid in todo:
+            for doc, segs, vecs in self._live_rows(sid):
+                pending_docs.append(doc)
+                pending_segs.append(segs)
+                pending_vecs.append(vecs)
+                n_pending += len(segs)
+                if n_pending >= target_segments:
+                    flush()
+        flush()
+        return len(todo)
+
+    def _live_rows(self, shard: str) -> Iterator[tuple[Document, list[Segment], np.ndarray]]:
+        docs = pq.read_table(self.root / "documents" / f"{shard}.parquet")
+        segs = pq.read_table(self.root / "segments" / f"{shard}.parquet")
+        vecs = faiss.read_index(str(self.root / "vectors" / f"{shard}.faiss"))
+        matrix = vecs.reconstruct_n(0, vecs.ntotal) if vecs.ntotal else np.zeros((0, self.dim), np.float32)
+        rows_by_doc: dict[str, list[int]] = {}
+        for i, doc_id in enumerate(segs.column("doc_id").to_pylist()):
+            rows_by_doc.setdefault(doc_id, []).append(i)
+        seg_rows = segs.to_pylist()
+        for row in docs.to_pylist():
+            entry = self.catalog.get(row["doc_id"])
+            if entry is None or entry.shard != shard:
+                continue  # replaced or deleted: a dead row
+            idx = rows_by_doc.get(row["doc_id"], [])
+            yield _document_from_row(row), [Segment(**seg_rows[i]) for i in idx], matrix[idx]
+
+
+@dataclass
+class Hit:
+    """One search result: a live segment and its inner-product score with the query."""
+
+    score: float
+    segment: Segment
+    title: str
+    source: str
+
+
+class IndexReader:
+    """A consistent view of one committed generation, unaffected by later writes.
+
+        reader = IndexReader(path)
+        hits = reader.search(encoder.embed_queries(["question"]), k=5)[0]
+        doc = reader.document(hits[0].segment.doc_id)
+    """
+
+    def __init__(self, root: str | Path, retries: int = 3):
+        self.root = Path(root)
+        for attempt in range(retries):
+            try:
+                self._open()
+                return
+            except FileNotFoundError:  # two commits landed between reading the manifest and opening its files
+                if attempt == retries - 1:
+                    raise
+
+    def _open(self) -> None:
+        manifest = read_manifest(self.root)
+        if manifest is None:
+            raise StoreError(f"no index at {self.root} (no {MANIFEST}): run `ragless ingest ... --index {self.root}`")
+        self.manifest = manifest
+        self.catalog = _read_catalog(self.root, manifest)
+        self.dim = manifest["dim"]
+        self._docs: dict[str, pq.ParquetFile] = {}
+        self._doc_rows: dict[str, dict[str, int]] = {}  # shard -> doc_id -> row, filled on first use
+        self._segs: dict[str, pa.Table] = {}
+        self.index = faiss.IndexFlatIP(self.dim)
+        shard_of_row: list[np.ndarray] = []
+        row_in_shard: list[np.ndarray] = []
+        self._shard_ids = [s["id"] for s in manifest["shards"]]
+        for i, sid in enumerate(self._shard_ids):
+            self._docs[sid] = pq.ParquetFile(pa.memory_map(str(self.root / "documents" / f"{sid}.parquet")))
+            segs = pq.read_table(pa.memory_map(str(self.root / "segments" / f"{sid}.parquet")))
+            self._segs[sid] = segs
+            vecs = faiss.read_index(str(self.root / "vectors" / f"{sid}.faiss"))
+            live_ids = pa.array([d for d, e in self.catalog.items() if e.shard == sid], pa.string())
+            mask = pc.is_in(segs.column("doc_id"), value_set=live_ids).to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(mask)
+            if len(rows):
+                self.index.add(vecs.reconstruct_n(0, vecs.ntotal)[rows])  # (live rows, D)
+            shard_of_row.append(np.full(len(rows), i, dtype=np.int32))
+            row_in_shard.append(rows.astype(np.int64))
+        self._shard_of_row = np.concatenate(shard_of_row) if shard_of_row else np.zeros(0, np.int32)
+        self._row_in_shard = np.concatenate(row_in_shard) if row_in_shard else np.zeros(0, np.int64)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest["generation"]
+
+    def __len__(self) -> int:
+        """Live segments."""
+        return self.index.ntotal
+
+    def segment_at(self, row: int) -> Segment:
+        """The live segment at global row ``row`` of the vector index."""
+        sid = self._shard_ids[self._shard_of_row[row]]
+        record = self._segs[sid].slice(int(self._row_in_shard[row]), 1).to_pylist()[0]
+        return Segment(**record)
+
+    def search(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
+        """Exact top-``k`` live segments by inner product for each query row of ``queries`` (M, D)."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must be (M, {self.dim}), got {queries.shape}")
+        k = min(k, len(self))
+        if k == 0:
+            return [[] for _ in range(len(queries))]
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # (M, k) each
+        out = []
+        for q_scores, q_rows in zip(scores, rows):
+            hits = []
+            for score, row in zip(q_scores, q_rows):
+                if row < 0:
+                    continue
+                seg = self.segment_at(int(row))
+                entry = self.catalog[seg.doc_id]
+                hits.append(Hit(float(score), seg, entry.title, entry.source))
+            out.append(hits)
+        return out
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) stored embeddings of global rows, e.g. to recompute scores in torch with gradients."""
+        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim))
+
+    def document(self, doc_id: str) -> Document:
+        entry = self.catalog.get(doc_id)
+        if entry is None:
+            raise KeyError(f"no document {doc_id!r} in generation {self.generation}")
+        pf = self._docs[entry.shard]
+        if entry.shard not in self._doc_rows:
+            ids = pf.read(columns=["doc_id"]).column("doc_id").to_pylist()
+            self._doc_rows[entry.shard] = {d: i for i, d in enumerate(ids)}
+        row = self._doc_rows[entry.shard][doc_id]
+        group, offset = divmod(row, pf.metadata.row_group(0).num_rows)
+        return _document_from_row(pf.read_row_group(group).slice(offset, 1).to_pylist()[0])
+
+    def documents(self) -> list[CatalogEntry]:
+        return sorted(self.catalog.values(), key=lambda e: e.source)
+
+    def iter_segments(self) -> Iterator[Segment]:
+        """Every live segment, shard by shard."""
+        for row in range(len(self)):
+            yield self.segment_at(row)

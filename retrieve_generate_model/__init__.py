@@ -1,0 +1,1 @@
+"""retrieve_generate_model."""

@@ -1,0 +1,46 @@
+"""The answer record the question path returns (see ../shared/DESIGN.md, "Core records")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Source:
+    """A retrieved segment with its score, as the answer path ranked it."""
+
+    seg_id: str
+    doc_id: str
+    score: float
+    text: str
+    char_start: int
+    char_end: int
+    source: str = ""  # the document's source (path), for display
+    title: str = ""
+    section: str = ""
+
+
+@dataclass
+class Citation:
+    """A verbatim quote: ``quote == document.text[char_start:char_end]`` of document ``doc_id``."""
+
+    seg_id: str
+    doc_id: str
+    char_start: int
+    char_end: int
+    quote: str
+    source: str = ""
+
+
+@dataclass
+class Answer:
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    abstained: bool = False
+    route: str = "answer"  # the model's judgement of the query ("answer", "abstain", ...)
+    sources: list[Source] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
