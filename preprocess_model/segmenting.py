@@ -8,7 +8,8 @@ index always knows which segmenter cut it. The learned segmenter of this package
 from __future__ import annotations
 
 import bisect
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from preprocess_model.document import Document, Segment, Span, stable_id
 

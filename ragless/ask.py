@@ -10,9 +10,9 @@ prompted with the top-k sources, the workflow-RAG path that the evaluation keeps
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ragless.components import encoder_for
 from ragless.store import IndexReader

@@ -7,15 +7,17 @@ trained means here"). They are implemented at their best usual settings, never w
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from preprocess_model.document import Document, Segment, Span
 from preprocess_model.segmenting import spans_to_segments
 
 # Where a window may end, best first: a blank line, a line end, a sentence end, any whitespace
 # (the separator cascade of LangChain's RecursiveCharacterTextSplitter, the most used chunker).
-_BREAKS = (re.compile(r"\n\s*\n"), re.compile(r"\n"), re.compile(r"[.!?;:]\s"), re.compile(r"\s"))
+_WHITESPACE = re.compile(r"\s")
+_BREAKS = (re.compile(r"\n\s*\n"), re.compile(r"\n"), re.compile(r"[.!?;:]\s"), _WHITESPACE)
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,12 @@ def fixed_windows(text: str, cfg: FixedWindowConfig) -> list[Span]:
         spans.append((start, end))
         if end >= n:
             break
-        # Step back by the overlap, to a word start when one is near, never behind the window start.
+        # The next window repeats at most `overlap_chars` of this one, starting at a word boundary.
         nxt = max(end - cfg.overlap_chars, start + 1)
-        ws = text.rfind(" ", nxt - 16 if nxt - 16 > start else start + 1, nxt)
-        start = ws + 1 if ws > start and end - (ws + 1) <= cfg.overlap_chars + 16 else nxt
+        if not text[nxt - 1].isspace():
+            space = _WHITESPACE.search(text, nxt, end)
+            nxt = space.end() if space else nxt
+        start = nxt
     return spans
 
 

@@ -17,8 +17,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from preprocess_model.readers import ReaderConfig
 from ragless.ask import AskConfig
@@ -93,7 +93,7 @@ def _read_questions(path: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{n}: not valid JSON ({e})")
+                raise SystemExit(f"{path}:{n}: not valid JSON ({e})") from None
             if not isinstance(record.get("question"), str):
                 raise SystemExit(f"{path}:{n}: a JSON line needs a string field \"question\"")
             yield record["question"]

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import resource
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -129,16 +130,12 @@ class _Run:
         self.pending_chars = 0
         self.seen: dict[str, str] = {}  # doc_id -> source, everything this run read or found unchanged
         self.failed_files: set[str] = set()  # files with any read failure: never pruned, so nothing is lost
-        self.files_done: set[Path] = set()  # a file named twice (a folder and a file in it) is read once
 
     def fail(self, failure: ReadFailure) -> None:
         self.report.failures.append({"source": failure.source, "reason": failure.reason})
         self.bar.write(f"skipped {failure.source}: {failure.reason}")
 
     def ingest_file(self, path: Path) -> None:
-        if path.resolve() in self.files_done:
-            return
-        self.files_done.add(path.resolve())
         self.report.files += 1
         if not is_container(path):
             doc_id = file_doc_id(path)
@@ -163,7 +160,8 @@ class _Run:
 
     def add(self, doc: Document) -> None:
         if doc.doc_id in self.seen:
-            self.fail(ReadFailure(doc.source, f"duplicate doc_id {doc.doc_id!r}, already read from {self.seen[doc.doc_id]}"))
+            first = self.seen[doc.doc_id]
+            self.fail(ReadFailure(doc.source, f"duplicate doc_id {doc.doc_id!r}, already read from {first}"))
             return
         entry = self.writer.catalog.get(doc.doc_id)
         if entry is not None and entry.sha256 == doc.sha256:
@@ -192,7 +190,8 @@ class _Run:
         self.report.segments_added += len(texts)
         self.bar.update(len(docs))
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix(segments=self.report.segments_added, seg_per_s=f"{self.report.segments_added / elapsed:.1f}")
+        segments = self.report.segments_added
+        self.bar.set_postfix(segments=segments, seg_per_s=f"{segments / elapsed:.1f}")
 
     def prune(self, roots: Iterable[str]) -> int:
         """Delete indexed documents under ``roots`` that this run did not see (files removed since)."""
@@ -207,7 +206,9 @@ class _Run:
         return len(self.writer.delete(gone))
 
 
-def delete_documents(index: str | Path, doc_ids: Iterable[str] = (), sources: Iterable[str] = ()) -> tuple[int, list[str]]:
+def delete_documents(
+    index: str | Path, doc_ids: Iterable[str] = (), sources: Iterable[str] = ()
+) -> tuple[int, list[str]]:
     """Remove documents by id, or every document at or under a source path; commits. Returns (generation, removed)."""
     roots = [str(Path(s).resolve()) for s in sources]
     with IndexWriter(index) as writer:

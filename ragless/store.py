@@ -31,9 +31,10 @@ import json
 import os
 import signal
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -88,13 +89,23 @@ class StoreError(RuntimeError):
     """The index cannot be used as asked (missing, locked, made by other components, corrupt)."""
 
 
-def crashpoint(name: str) -> None:
-    """Kill this process with SIGKILL at a named point when RAGLESS_CRASHPOINT names it (crash-safety tests).
+_crash_hits: dict[str, int] = {}
 
+
+def crashpoint(name: str) -> None:
+    """Kill this process with SIGKILL at a named point when RAGLESS_CRASHPOINT says so (crash-safety tests).
+
+    ``RAGLESS_CRASHPOINT=after-shard`` kills at the first pass through that point, ``after-shard:3`` at the third.
     SIGKILL, not an exception: nothing gets to clean up, exactly like `kill -9` or a power cut.
     """
-    if os.environ.get("RAGLESS_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    spec = os.environ.get("RAGLESS_CRASHPOINT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target == name:
+        _crash_hits[name] = _crash_hits.get(name, 0) + 1
+        if _crash_hits[name] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> str:
@@ -142,7 +153,8 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     except json.JSONDecodeError as e:  # cannot happen through os.replace; means someone edited it by hand
         raise StoreError(f"{path} is not valid JSON: {e}") from e
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema version {manifest.get('schema_version')}, this ragless reads {SCHEMA_VERSION}")
+        found = manifest.get("schema_version")
+        raise StoreError(f"{path}: schema version {found}, this ragless reads {SCHEMA_VERSION}")
     return manifest
 
 
@@ -245,7 +257,7 @@ class IndexWriter:
         self.collect_garbage()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def __enter__(self) -> "IndexWriter":
+    def __enter__(self) -> IndexWriter:
         return self
 
     def __exit__(self, *exc) -> None:
