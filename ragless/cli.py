@@ -22,9 +22,15 @@ from pathlib import Path
 
 from preprocess_model.readers import ReaderConfig
 from ragless.ask import AskConfig
-from ragless.config import add_dataclass_args, from_args
+from ragless.baselines import FixedWindowConfig
+from ragless.components import DEFAULT_SEGMENTER
+from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
+
+
+class UsageError(Exception):
+    """A command used wrongly: printed without a traceback, exit status 2."""
 
 
 def _quiet_libraries() -> None:
@@ -39,9 +45,20 @@ def _quiet_libraries() -> None:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from ragless.components import make_encoder, make_segmenter
     from ragless.ingest import IngestJob
+    from ragless.store import read_manifest
 
-    config = from_args(IngestConfig, args, reader=from_args(ReaderConfig, args))
-    job = IngestJob(args.index, make_segmenter(args.segmenter), make_encoder(), config)
+    manifest = read_manifest(Path(args.index))
+    window_flags = given_fields(FixedWindowConfig, args)
+    try:
+        config = from_args(IngestConfig, args, reader=from_args(ReaderConfig, args))
+        if manifest is not None and args.segmenter is None and not window_flags:
+            recorded = manifest["components"]["segmenter"]  # an existing index keeps the segmenter that made it
+            segmenter = make_segmenter(recorded["name"], recorded["config"])
+        else:
+            segmenter = make_segmenter(args.segmenter or DEFAULT_SEGMENTER, window_flags or None)
+    except ValueError as e:
+        raise UsageError(f"ragless ingest: {e}") from None
+    job = IngestJob(args.index, segmenter, make_encoder(), config)
     report = job.run(args.paths, progress=not args.quiet)
     print(report.summary(), file=sys.stderr)
     if args.report:
@@ -56,7 +73,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     from ragless.ingest import delete_documents
 
     if not args.doc_id and not args.source:
-        raise SystemExit("ragless delete: name documents with --doc-id ID or --source PATH")
+        raise UsageError("ragless delete: name documents with --doc-id ID or --source PATH")
     generation, removed = delete_documents(args.index, args.doc_id or (), args.source or ())
     print(f"generation {generation}: {len(removed)} documents deleted", file=sys.stderr)
     for doc_id in removed:
@@ -84,7 +101,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _read_questions(path: str) -> Iterator[str]:
     """Questions from a file: one per line, or JSON lines with a "question" field."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"ragless ask: cannot read questions from {path}: {e}") from None
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
@@ -93,9 +113,9 @@ def _read_questions(path: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise SystemExit(f"{path}:{n}: not valid JSON ({e})") from None
+                raise UsageError(f"{path}:{n}: not valid JSON ({e})") from None
             if not isinstance(record.get("question"), str):
-                raise SystemExit(f"{path}:{n}: a JSON line needs a string field \"question\"")
+                raise UsageError(f"{path}:{n}: a JSON line needs a string field \"question\"")
             yield record["question"]
         else:
             yield line
@@ -120,7 +140,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     from ragless.ask import Asker
 
     if bool(args.question) == bool(args.questions):
-        raise SystemExit("ragless ask: give one QUESTION or --questions FILE")
+        raise UsageError("ragless ask: give one QUESTION or --questions FILE")
     questions = [args.question] if args.question else list(_read_questions(args.questions))
     asker = Asker(args.index, from_args(AskConfig, args))
     for question, answer in zip(questions, asker.ask_many(questions)):
@@ -136,10 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files and folders (.txt .md .html .pdf .jsonl .parquet)")
     p.add_argument("--index", required=True, help="index directory (created when missing)")
     p.add_argument("--report", help="write the job's JSON report here")
-    p.add_argument("--segmenter", default="fixed-window", help="segmenter of a new index (default: fixed-window)")
+    p.add_argument("--segmenter", help=f"segmenter of a new index (default: {DEFAULT_SEGMENTER}; an existing index "
+                   "keeps the one that made it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, IngestConfig)
     add_dataclass_args(p, ReaderConfig)
+    add_dataclass_args(p, FixedWindowConfig)
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("ask", help="answer questions from an index, with citations")
@@ -172,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.func(args)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     except StoreError as e:
         print(f"ragless: {e}", file=sys.stderr)
         return 2

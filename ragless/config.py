@@ -54,12 +54,17 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for type {tp}")
 
 
-def from_args(cls: type, ns: argparse.Namespace, **nested: Any) -> Any:
-    """Build ``cls`` from the flags that were given, keeping field defaults for the rest."""
+def given_fields(cls: type, ns: argparse.Namespace) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` whose flags were given on the command line."""
     values = {}
     for f in dataclasses.fields(cls):
         value = getattr(ns, f.name, None)
         if value is not None:
             values[f.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values, **nested)
+    return values
+
+
+def from_args(cls: type, ns: argparse.Namespace, **nested: Any) -> Any:
+    """Build ``cls`` from the flags that were given, keeping field defaults for the rest."""
+    return cls(**given_fields(cls, ns), **nested)
 

@@ -1,0 +1,131 @@
+"""The `ragless` command end to end on a tiny corpus: ingest, info, ask (real SmolLM2), delete, and usage errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragless.cli import main
+from ragless.store import IndexReader
+
+CORPUS = {
+    "lighthouse.md": "# Bell Rock Lighthouse\n\nThe Bell Rock Lighthouse stands off the coast of Angus, Scotland.\n"
+    "It was built between 1807 and 1810 by Robert Stevenson and is the oldest surviving sea-washed lighthouse.\n",
+    "orchard.txt": "Apple orchards in Normandy\n\nNormandy orchards grow cider apples. Harvest runs from September to "
+    "November, and the apples are pressed within days of picking.\n",
+    "records.jsonl": '{"id": "violin", "title": "Violin", "text": "A violin has four strings tuned in perfect fifths: '
+    'G, D, A and E."}\n',
+}
+
+
+@pytest.fixture()
+def corpus(tmp_path) -> Path:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for name, text in CORPUS.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_ingest_info_delete(tmp_path, corpus, capsys):
+    index = tmp_path / "index"
+    report = tmp_path / "report.json"
+    code, _, err = run(capsys, "ingest", str(corpus), "--index", str(index), "--report", str(report), "--quiet")
+    assert code == 0 and "3 added" in err
+    data = json.loads(report.read_text())
+    assert data["documents_added"] == 3 and data["segments_added"] >= 3 and data["failures"] == []
+    assert data["documents_per_s"] > 0 and data["peak_rss_mb"] > 0
+
+    code, out, _ = run(capsys, "info", "--index", str(index))
+    manifest = json.loads(out)
+    assert manifest["generation"] == 1 and manifest["counts"]["documents"] == 3
+    assert manifest["components"]["segmenter"]["name"] == "fixed-window"
+
+    code, out, err = run(capsys, "delete", "--index", str(index), "--doc-id", "violin")
+    assert code == 0 and out.split() == ["violin"] and "1 documents deleted" in err
+    assert "violin" not in IndexReader(index).catalog
+
+
+def test_ingest_flags_come_from_the_config_dataclasses(tmp_path, corpus, capsys):
+    index = tmp_path / "index"
+    code, _, err = run(capsys, "ingest", str(corpus), "--index", str(index), "--include", "*.md", "--quiet",
+                       "--batch-docs", "1")
+    assert code == 0 and "1 added" in err
+    with pytest.raises(SystemExit) as e:
+        main(["ingest", str(corpus), "--index", str(index), "--batch-docs", "many"])
+    assert e.value.code == 2 and "invalid int value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ingest", str(corpus), "--index", str(index), "--no-such-flag"])
+
+
+def test_errors_are_clear_and_exit_2(tmp_path, corpus, capsys):
+    code, _, err = run(capsys, "info", "--index", str(tmp_path / "nothing"))
+    assert code == 2 and "no index" in err
+    code, _, err = run(capsys, "ask", "anything?", "--index", str(tmp_path / "nothing"))
+    assert code == 2 and "no index" in err
+    index = tmp_path / "index"
+    run(capsys, "ingest", str(corpus), "--index", str(index), "--quiet")
+    code, _, err = run(capsys, "ingest", str(corpus), "--index", str(index), "--window-chars", "300", "--quiet")
+    assert code == 2 and "made with segmenter" in err
+
+
+@pytest.mark.slow
+def test_ask_answers_with_citations_that_quote_the_documents(tmp_path, corpus, capsys):
+    index = tmp_path / "index"
+    run(capsys, "ingest", str(corpus), "--index", str(index), "--quiet")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"question": "Who built the Bell Rock Lighthouse?"}\n{"question": "How many strings has a '
+                         'violin?"}\n')
+    code, out, _ = run(capsys, "ask", "--index", str(index), "--questions", str(questions), "--json", "-k", "2")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["question"] for r in records] == ["Who built the Bell Rock Lighthouse?", "How many strings has a violin?"]
+    reader = IndexReader(index)
+    expected_docs = [next(d for d, e in reader.catalog.items() if e.source.endswith("lighthouse.md")), "violin"]
+    for record, doc_id in zip(records, expected_docs):
+        assert record["sources"][0]["doc_id"] == doc_id  # retrieval found the right document first
+        assert len(record["sources"]) == 2 and record["text"].strip()
+        assert set(record["timings"]) >= {"retrieve_s", "generate_s"}
+        for c in record["citations"]:
+            assert reader.document(c["doc_id"]).text[c["char_start"] : c["char_end"]] == c["quote"]
+
+    code, out, _ = run(capsys, "ask", "Who built the Bell Rock Lighthouse?", "--index", str(index))
+    assert code == 0 and out.lstrip().startswith("Q: Who built the Bell Rock Lighthouse?") and "\nA: " in out
+
+
+@pytest.mark.slow
+def test_console_script_runs_in_a_fresh_process(tmp_path, corpus):
+    exe = shutil.which("ragless", path=str(Path(sys.executable).parent))
+    assert exe, "the `ragless` console script is installed with the package"
+    proc = subprocess.run([exe, "ingest", str(corpus), "--index", str(tmp_path / "i"), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "generation 1: 3 added" in proc.stderr
+
+
+def test_usage_errors_exit_2_with_a_reason(tmp_path, corpus, capsys):
+    index = tmp_path / "index"
+    run(capsys, "ingest", str(corpus), "--index", str(index), "--quiet")
+    cases = [
+        (["ingest", str(corpus), "--index", str(tmp_path / "new"), "--overlap-chars", "900"], "overlap_chars"),
+        (["ask", "--index", str(index)], "give one QUESTION"),
+        (["ask", "--index", str(index), "--questions", str(tmp_path / "missing.txt")], "cannot read questions"),
+        (["delete", "--index", str(index)], "--doc-id"),
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": 3}\n')
+    cases.append((["ask", "--index", str(index), "--questions", str(bad)], 'string field "question"'))
+    for argv, reason in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and reason in err, (argv, err)
