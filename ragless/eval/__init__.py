@@ -1,0 +1,1 @@
+"""Evaluation harness: benchmark loaders, workflow-RAG baselines, metrics (issue 3)."""
