@@ -29,11 +29,16 @@ class Asker:
         self.cfg = config or AskConfig()
         self.reader = IndexReader(index)
         self.encoder = encoder_for(self.reader.manifest)
-        if answerer is None:
+        self._answerer = answerer
+
+    @property
+    def answerer(self):
+        """Loaded on first use, so that retrieval alone never loads the generator."""
+        if self._answerer is None:
             from ragless.prompted import PromptedAnswerer
 
-            answerer = PromptedAnswerer()
-        self.answerer = answerer
+            self._answerer = PromptedAnswerer()
+        return self._answerer
 
     def retrieve(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
         """Top-k live segments per question, best first, as `Source` records."""

@@ -25,6 +25,7 @@ from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig
 from ragless.components import DEFAULT_SEGMENTER
 from ragless.config import add_dataclass_args, from_args, given_fields
+from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
 
@@ -148,6 +149,31 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ragless.eval.harness import EvalConfig, compare, evaluate, markdown, markdown_compare
+
+    try:
+        cfg = from_args(EvalConfig, args)
+    except ValueError as e:
+        raise UsageError(f"ragless eval: {e}") from None
+    try:
+        report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"ragless eval: {e}") from None
+    table = markdown(report)
+    if args.compare and len(report["results"]) > 1:
+        report["compare"] = compare(report, n_resamples=cfg.bootstrap)
+        table += "\n\n" + markdown_compare(report["compare"])
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragless", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--target-segments", type=int, default=16384, help="live segments per rewritten shard")
     p.set_defaults(func=_cmd_compact)
+
+    p = sub.add_parser("eval", help="score systems side by side on a public benchmark")
+    add_dataclass_args(p, EvalConfig)
+    p.add_argument("--out", help="write the JSON report here (and the table next to it as .md)")
+    p.add_argument("--compare", action="store_true", help="paired bootstrap of each system against the first")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

@@ -1,7 +1,8 @@
 """Command-line flags generated from the configuration dataclasses, so a flag and its field cannot drift apart.
 
 Each field ``batch_docs: int = 256  # reason`` becomes ``--batch-docs N`` (help: the reason, and the default);
-``bool`` fields become ``--flag/--no-flag``; ``tuple[str, ...]`` fields take repeated values. Types are checked by
+``bool`` fields become ``--flag/--no-flag``; ``tuple[str, ...]`` fields take repeated or comma-separated values
+(``--systems a,b`` or ``--systems a --systems b``). Types are checked by
 argparse, so a wrong type is refused with a clear message, and unknown flags are refused by the parser.
 """
 
@@ -44,7 +45,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[s
         if tp is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif typing.get_origin(tp) is tuple:
-            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="PATTERN", help=helptext)
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="A,B", help=helptext)
         elif tp in (int, float, str):
             group.add_argument(flag, dest=f.name, type=tp, default=None, help=helptext)
         elif typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -59,8 +60,10 @@ def given_fields(cls: type, ns: argparse.Namespace) -> dict[str, Any]:
     values = {}
     for f in dataclasses.fields(cls):
         value = getattr(ns, f.name, None)
+        if isinstance(value, list):  # a tuple field: repeated or comma-separated values
+            value = tuple(v for item in value for v in item.split(",") if v)
         if value is not None:
-            values[f.name] = tuple(value) if isinstance(value, list) else value
+            values[f.name] = value
     return values
 
 

@@ -97,13 +97,8 @@ class IngestJob:
 
     def run(self, paths: Sequence[str | Path], progress: bool = True) -> IngestReport:
         """Ingest every supported file under ``paths`` and commit; see the module docstring."""
-        t0 = time.perf_counter()
-        components = describe(self.segmenter, self.encoder)
-        report = IngestReport(index=str(self.index), components=components)
-        with IndexWriter(self.index, components, dim=self.encoder.dim) as writer, tqdm(
-            unit="doc", desc="ingest", disable=not progress, dynamic_ncols=True
-        ) as bar:
-            run = _Run(self, writer, report, bar, t0)
+
+        def feed(run: _Run) -> None:
             for item in iter_files(paths, self.cfg.reader):
                 if isinstance(item, ReadFailure):
                     run.fail(item)
@@ -111,8 +106,29 @@ class IngestJob:
                     run.ingest_file(item)
             run.flush()
             if self.cfg.prune:
-                roots = [str(Path(p).resolve()) for p in paths]
-                report.documents_deleted = run.prune(roots)
+                run.report.documents_deleted = run.prune([str(Path(p).resolve()) for p in paths])
+
+        return self._job(feed, progress)
+
+    def ingest_documents(self, docs: Iterable[Document], progress: bool = True) -> IngestReport:
+        """Ingest `Document` records made elsewhere (a benchmark, a database export), with the same batching,
+        incremental skipping and crash safety as files."""
+
+        def feed(run: _Run) -> None:
+            for doc in docs:
+                run.add(doc)
+            run.flush()
+
+        return self._job(feed, progress)
+
+    def _job(self, feed, progress: bool) -> IngestReport:
+        t0 = time.perf_counter()
+        components = describe(self.segmenter, self.encoder)
+        report = IngestReport(index=str(self.index), components=components)
+        with IndexWriter(self.index, components, dim=self.encoder.dim) as writer, tqdm(
+            unit="doc", desc="ingest", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            feed(_Run(self, writer, report, bar, t0))
             if self.cfg.compact_at_end and writer.compact():
                 writer.commit()
             report.generation = writer.commit()

@@ -1,0 +1,239 @@
+"""`ragless eval`: run systems over a benchmark and score them with the same metrics, side by side.
+
+    report = evaluate(EvalConfig(dataset="squad-v2.0", systems=("workflow-bm25", "ragless"), limit=200))
+    print(markdown(report))
+
+Every question is scored on its own (``per_question``) so that each aggregate comes with a bootstrap confidence
+interval, and two systems can be compared with a paired bootstrap on the same questions (`compare`).
+
+Retrieval is judged against gold evidence as character spans, so any segmentation can be scored: for SQuAD and XQuAD
+a retrieved segment counts for the gold paragraph it mostly covers (or that mostly covers it), for SciFact and
+spf-fr the unit is the document (graded qrels for SciFact). See `ragless.eval.metrics.judge_segments`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ragless.eval import metrics as M
+from ragless.eval.datasets import EvalQuestion, EvalSet, load
+from ragless.eval.systems import SYSTEMS, PassageSegmenter, default_segmenter, make_system
+from ragless.ingest import peak_rss_mb
+from retrieve_generate_model.records import Answer, Source
+
+CORPUS_MODES = ("gold", "articles")
+KS = (1, 5, 10)
+_NORMALIZATION_LANGS = {"en", "es", "de", "vi", "ar", "hi", "zh"}  # others use the SQuAD (English) normalization
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    dataset: str = "squad-v1.1"  # squad-v1.1 | squad-v2.0 | xquad-<lang> | scifact | spf-fr
+    data: str = "../shared/data"  # the folder of public benchmarks (never committed)
+    systems: tuple[str, ...] = SYSTEMS  # which systems to run, in the order of the report
+    corpus: str = "articles"  # gold: the benchmark's passages are the segments (oracle); articles: systems segment
+    limit: int = 200  # questions sampled (the corpus stays whole); 0 = all
+    seed: int = 0  # the question sample and the bootstrap
+    k: int = 10  # segments retrieved per question (metrics at 1, 5, 10)
+    answer_k: int = 4  # retrieved segments given to the generator
+    retrieval_only: bool = False  # skip generation: retrieval and segmentation metrics alone
+    bootstrap: int = 1000  # resamples for the confidence intervals
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPUS_MODES:
+            raise ValueError(f"corpus must be one of {CORPUS_MODES}, got {self.corpus!r}")
+        unknown = set(self.systems) - set(SYSTEMS)
+        if unknown or not self.systems:
+            raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+
+
+@dataclass
+class SystemResult:
+    system: str
+    dataset: str
+    corpus: str
+    n: int
+    metrics: dict[str, float | None]
+    ci: dict[str, list[float]] = field(default_factory=dict)  # metric -> [low, high], 95% bootstrap
+    build: dict[str, Any] = field(default_factory=dict)
+    per_question: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _unit(dataset: str) -> str:
+    return "document" if dataset in ("scifact", "spf-fr") else "passage"
+
+
+def _qrels(q: EvalQuestion, unit: str) -> dict[str, int]:
+    return dict(q.relevance) if unit == "document" else M.evidence_qrels(q.evidence, unit)
+
+
+def _norm_lang(lang: str) -> str:
+    return lang if lang in _NORMALIZATION_LANGS else "en"
+
+
+def score_retrieval(q: EvalQuestion, sources: list[Source], unit: str) -> dict[str, float | None]:
+    """Retrieval metrics of one question from its ranked segments."""
+    qrels = _qrels(q, unit)
+    out: dict[str, float | None] = {f"recall@{k}": None for k in KS} | {"mrr@10": None, "ndcg@10": None}
+    if any(v > 0 for v in qrels.values()):
+        units = M.judge_segments([(s.doc_id, s.char_start, s.char_end) for s in sources], q.evidence, unit)
+        out.update(M.retrieval_metrics({q.qid: M.units_to_run(units)}, {q.qid: qrels}, KS)[q.qid])
+    out["answer_recall@5"] = M.answer_recall_at_k([s.text for s in sources], q.answers, 5, _norm_lang(q.lang))
+    return out
+
+
+def score_answer(q: EvalQuestion, answer: Answer, doc_texts: dict[str, str]) -> dict[str, float | None]:
+    """Answer, abstention and citation metrics of one question."""
+    lang = _norm_lang(q.lang)
+    scorable = q.kind in ("span", "unanswerable")  # title and claim questions have no answer text to compare
+    cites = [(c.doc_id, c.char_start, c.char_end, c.quote) for c in answer.citations]
+    return {
+        "em": M.overall_exact_match(answer.text, answer.abstained, q.answers, q.answerable, lang) if scorable else None,
+        "f1": M.overall_f1(answer.text, answer.abstained, q.answers, q.answerable, lang) if scorable else None,
+        "abstain_acc": M.abstain_correct(answer.abstained, q.answerable),
+        "answerable_f1": M.answered_f1(answer.text, answer.abstained, q.answers, q.answerable, lang)
+        if scorable else None,
+        "quote_validity": M.quote_validity(cites, doc_texts),
+        "citation_precision": M.citation_precision(cites, q.evidence) if q.evidence else None,
+        "citation_recall": M.citation_recall(cites, q.evidence) if q.answerable and q.evidence else None,
+    }
+
+
+def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, encoder=None) -> SystemResult:
+    lang = evalset.questions[0].lang if evalset.questions else "en"
+    system = make_system(name, lang=lang, encoder=encoder)
+    segmenter = PassageSegmenter(evalset.passages) if cfg.corpus == "gold" else default_segmenter(system)
+    build = system.build(evalset.documents, segmenter)
+    unit = _unit(evalset.name)
+    rows = []
+    for q in evalset.questions:
+        t0 = time.perf_counter()
+        sources = system.retrieve([q.question], cfg.k)[0]
+        timings = {"retrieve_s": time.perf_counter() - t0}
+        row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit)}
+        row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
+        if not cfg.retrieval_only:
+            doc_texts = {s.doc_id: evalset.document(s.doc_id).text for s in sources[: cfg.answer_k]}
+            t1 = time.perf_counter()
+            answer = answerer.answer(q.question, sources[: cfg.answer_k], doc_texts)
+            timings["answer_s"] = time.perf_counter() - t1
+            doc_texts |= {c.doc_id: evalset.document(c.doc_id).text for c in answer.citations}
+            row.update(score_answer(q, answer, doc_texts))
+            row["answer"] = answer.text
+            row["abstained"] = answer.abstained
+            row["citations"] = [[c.doc_id, c.char_start, c.char_end] for c in answer.citations]
+        timings["total_s"] = sum(timings.values())
+        row["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        rows.append(row)
+    return summarize(name, evalset.name, cfg, rows, build)
+
+
+def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, Any]], build: dict) -> SystemResult:
+    """Aggregate per-question rows into metrics with bootstrap intervals, latency percentiles and peak RSS."""
+    names = [k for k in rows[0] if k not in ("qid", "kind", "lang", "retrieved", "answer", "abstained", "citations",
+                                             "timings")] if rows else []
+    metrics: dict[str, float | None] = {}
+    ci: dict[str, list[float]] = {}
+    for name in names:
+        values = [r[name] for r in rows]
+        mean = M.mean_defined(values)
+        if mean is None:
+            continue
+        metrics[name] = round(mean, 4)
+        _, low, high = M.bootstrap_ci(values, n_resamples=cfg.bootstrap, seed=cfg.seed)
+        ci[name] = [round(low, 4), round(high, 4)]
+    for stage in ("retrieve_s", "answer_s", "total_s"):
+        values = [r["timings"][stage] for r in rows if stage in r["timings"]]
+        if values:
+            short = stage.removesuffix("_s")
+            metrics[f"latency_{short}_p50_s"] = round(M.percentile(values, 50), 4)
+            metrics[f"latency_{short}_p95_s"] = round(M.percentile(values, 95), 4)
+    if "latency_total_p50_s" in metrics:
+        metrics["latency_p50_s"] = metrics["latency_total_p50_s"]
+        metrics["latency_p95_s"] = metrics["latency_total_p95_s"]
+    metrics["segments"] = build.get("segments")
+    metrics["mean_segment_chars"] = build.get("mean_segment_chars")
+    metrics["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return SystemResult(system, dataset, cfg.corpus, len(rows), metrics, ci, build, rows)
+
+
+def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
+    """Run every system of ``cfg`` on its dataset; the report that `ragless eval --out` writes."""
+    evalset = load(cfg.dataset, cfg.data, limit=cfg.limit or None, seed=cfg.seed)
+    answerer = encoder = None
+    if not cfg.retrieval_only:
+        from ragless.prompted import PromptedAnswerer
+
+        answerer = PromptedAnswerer()
+    if {"workflow-dense"} & set(cfg.systems):
+        from retrieve_generate_model.encoder import Encoder
+
+        encoder = Encoder()
+    results = []
+    for name in cfg.systems:
+        t0 = time.perf_counter()
+        progress(f"{cfg.dataset} [{cfg.corpus}] {name}: {len(evalset.questions)} questions ...")
+        results.append(run_system(name, evalset, cfg, answerer, encoder))
+        progress(f"  done in {time.perf_counter() - t0:.0f}s")
+    return {
+        "config": asdict(cfg),
+        "dataset": {"name": evalset.name, "source": evalset.source, "unit": _unit(evalset.name)},
+        "results": [asdict(r) for r in results],
+    }
+
+
+def compare(report: dict[str, Any], baseline: str | None = None, n_resamples: int = 1000) -> list[dict[str, Any]]:
+    """Paired bootstrap of each system against ``baseline`` (default: the first) on every shared metric."""
+    results = {r["system"]: r for r in report["results"]}
+    base = results[baseline or report["results"][0]["system"]]
+    rows = []
+    for name, result in results.items():
+        if name == base["system"]:
+            continue
+        for metric in result["metrics"]:
+            if metric not in result["ci"]:
+                continue  # latencies and counts: no per-question pairing
+            a = [q.get(metric) for q in result["per_question"]]
+            b = [q.get(metric) for q in base["per_question"]]
+            if M.mean_defined(a) is None or M.mean_defined(b) is None:
+                continue
+            stats = M.paired_bootstrap(a, b, n_resamples=n_resamples, seed=report["config"]["seed"])
+            rows.append({"system": name, "baseline": base["system"], "metric": metric,
+                         **{k: round(v, 4) for k, v in stats.items()}})
+    return rows
+
+
+TABLE_METRICS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@5", "em", "f1", "abstain_acc",
+                 "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s", "latency_p95_s",
+                 "segments", "mean_segment_chars")
+
+
+def markdown(report: dict[str, Any], with_ci: bool = True) -> str:
+    """The systems of one report as a table: a row per system, a column per metric that any system has."""
+    results = report["results"]
+    cols = [m for m in TABLE_METRICS if any(r["metrics"].get(m) is not None for r in results)]
+    head = "| system | dataset | corpus | n | " + " | ".join(cols) + " |"
+    lines = [head, "|" + "---|" * (4 + len(cols))]
+    for r in results:
+        cells = []
+        for m in cols:
+            v = r["metrics"].get(m)
+            if v is None:
+                cells.append("")
+            elif with_ci and m in r["ci"]:
+                lo, hi = r["ci"][m]
+                cells.append(f"{v:.3f} [{lo:.2f}, {hi:.2f}]")
+            else:
+                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {r['system']} | {r['dataset']} | {r['corpus']} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_compare(rows: list[dict[str, Any]]) -> str:
+    lines = ["| system | vs | metric | diff | 95% CI | p |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['baseline']} | {r['metric']} | {r['diff']:+.3f} | "
+                     f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p_value']:.3f} |")
+    return "\n".join(lines)
