@@ -1,0 +1,107 @@
+"""The evaluation harness end to end on the tiny benchmark folder: systems, per-question scoring, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ragless.cli import main
+from ragless.eval.datasets import EvalQuestion, GoldSpan
+from ragless.eval.harness import EvalConfig, compare, evaluate, markdown, score_answer, score_retrieval
+from retrieve_generate_model.records import Answer, Citation, Source
+
+
+def source(doc_id: str, start: int, end: int, text: str = "") -> Source:
+    return Source(seg_id=f"{doc_id}:{start}", doc_id=doc_id, score=1.0, text=text, char_start=start, char_end=end)
+
+
+QUESTION = EvalQuestion(
+    qid="q", question="Who won?", answers=["Denver Broncos"], answerable=True,
+    evidence=[GoldSpan("art", 100, 300)], answer_spans=[GoldSpan("art", 150, 164)], relevance={"p1": 1},
+    kind="span", lang="en",
+)
+
+
+def test_retrieval_is_judged_by_span_whatever_the_segmentation():
+    # rank 1 misses (another place), rank 2 covers most of the gold paragraph: recall@1 0, recall@5 1, MRR 1/2
+    sources = [source("art", 400, 600, "nothing here"), source("art", 120, 320, "the Denver Broncos won")]
+    m = score_retrieval(QUESTION, sources, unit="passage")
+    assert (m["recall@1"], m["recall@5"], m["mrr@10"]) == (0.0, 1.0, 0.5)
+    assert m["answer_recall@5"] == 1.0
+    # a window overlapping only a sliver of the gold paragraph does not count as retrieving it
+    assert score_retrieval(QUESTION, [source("art", 290, 490, "x")], unit="passage")["recall@5"] == 0.0
+
+
+def test_answers_and_citations_are_scored_against_gold():
+    doc = "x" * 150 + "Denver Broncos" + "y" * 200
+    good = Citation("s", "art", 150, 164, "Denver Broncos")
+    forged = Citation("s", "art", 10, 24, "Denver Broncos")  # the quote is not what the span holds
+    m = score_answer(QUESTION, Answer("the Denver Broncos", citations=[good, forged]), {"art": doc})
+    assert (m["em"], m["f1"], m["answerable_f1"]) == (1.0, 1.0, 1.0)
+    assert m["quote_validity"] == 0.5 and m["citation_precision"] == 0.5 and m["citation_recall"] == 1.0
+    assert m["abstain_acc"] is None  # answerable
+    abstained = score_answer(QUESTION, Answer("", abstained=True), {"art": doc})
+    assert abstained["em"] == 0.0 and abstained["quote_validity"] is None
+
+
+@pytest.mark.parametrize("corpus", ["gold", "articles"])
+def test_retrieval_only_run_of_every_system(benchmark_data, corpus):
+    cfg = EvalConfig(dataset="squad-v1.1", data=str(benchmark_data), corpus=corpus, limit=0, retrieval_only=True,
+                     bootstrap=200)
+    report = evaluate(cfg, progress=lambda _: None)
+    assert [r["system"] for r in report["results"]] == ["workflow-bm25", "workflow-dense", "ragless"]
+    for r in report["results"]:
+        assert r["dataset"] == "squad-v1.1" and r["corpus"] == corpus and r["n"] == len(r["per_question"]) > 0
+        for name in ("recall@1", "recall@5", "mrr@10", "ndcg@10"):
+            value = r["metrics"][name]
+            low, high = r["ci"][name]
+            assert 0.0 <= low <= value <= high <= 1.0
+        assert "em" not in r["metrics"]  # retrieval only
+        assert r["metrics"]["segments"] > 0 and r["metrics"]["latency_p95_s"] >= r["metrics"]["latency_p50_s"]
+    if corpus == "gold":  # the oracle segmentation is the benchmark's own passages, for every system
+        assert {r["metrics"]["segments"] for r in report["results"]} == {3}  # SQUAD_CORPUS has 3 paragraphs
+    table = markdown(report)
+    assert table.count("\n") == 4 and "| workflow-bm25 | squad-v1.1 |" in table
+    rows = compare(report, n_resamples=200)
+    assert {r["system"] for r in rows} == {"workflow-dense", "ragless"} and all(r["baseline"] == "workflow-bm25"
+                                                                               for r in rows)
+
+
+def test_document_level_datasets(benchmark_data):
+    for dataset in ("scifact", "spf-fr"):
+        cfg = EvalConfig(dataset=dataset, data=str(benchmark_data), corpus="gold", limit=0, retrieval_only=True,
+                         systems=("workflow-bm25",), bootstrap=100)
+        (result,) = evaluate(cfg, progress=lambda _: None)["results"]
+        assert 0.0 <= result["metrics"]["ndcg@10"] <= 1.0
+
+
+def test_cli_contract(benchmark_data, tmp_path, capsys):
+    out = tmp_path / "eval" / "squad.json"
+    code = main(["eval", "--dataset", "squad-v2.0", "--data", str(benchmark_data), "--systems",
+                 "workflow-bm25,workflow-dense", "--corpus", "articles", "--limit", "2", "--seed", "3",
+                 "--retrieval-only", "--out", str(out), "--compare"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["seed"] == 3 and report["config"]["systems"] == ["workflow-bm25", "workflow-dense"]
+    for r in report["results"]:
+        assert {"system", "dataset", "corpus", "n", "metrics"} <= set(r) and r["n"] == 2
+    assert out.with_suffix(".md").read_text().startswith("| system |")
+    assert "| workflow-dense | workflow-bm25 |" in capsys.readouterr().out  # the compare table
+    assert main(["eval", "--dataset", "nope", "--data", str(benchmark_data), "--retrieval-only"]) == 2
+    assert main(["eval", "--corpus", "pages", "--data", str(benchmark_data)]) == 2
+    assert main(["eval", "--data", str(tmp_path / "missing"), "--retrieval-only"]) == 2
+
+
+@pytest.mark.slow
+def test_generation_is_scored_with_citations(benchmark_data):
+    cfg = EvalConfig(dataset="squad-v2.0", data=str(benchmark_data), corpus="gold", limit=0,
+                     systems=("workflow-bm25",), bootstrap=100)
+    (result,) = evaluate(cfg, progress=lambda _: None)["results"]
+    for name in ("em", "f1", "abstain_acc", "answerable_f1"):
+        assert 0.0 <= result["metrics"][name] <= 1.0
+    assert result["metrics"]["latency_answer_p50_s"] > 0
+    for q in result["per_question"]:
+        assert isinstance(q["answer"], str) and isinstance(q["abstained"], bool)
+        if q["citations"]:
+            assert q["quote_validity"] == 1.0  # citations quote the documents verbatim
