@@ -15,9 +15,13 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retrieve_generate_model.generator import GeneratorConfig, load_generator
 from retrieve_generate_model.records import Answer, Citation, Source
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered sources you are given. Answer in one or two short sentences and "
@@ -32,7 +36,7 @@ class PromptedConfig:
     top_k: int = 4  # sources put in the prompt, best first; the usual RAG setting
     max_source_chars: int = 700  # each source cut to this (~175 tokens): 4 of them fit SmolLM2's context with room
     max_new_tokens: int = 96  # a short cited answer; ~3.5 s of greedy decoding on 2 CPU cores
-    repetition_penalty: float = 1.1  # a 135M model loops under plain greedy decoding; 1.1 stops it without drifting
+    repetition_penalty: float = 1.1  # on generated tokens: a 135M model loops under plain greedy decoding
     system_prompt: str = SYSTEM_PROMPT
 
 
@@ -46,7 +50,8 @@ def shown_part(source: Source, max_chars: int) -> Source:
     """
     if len(source.text) <= max_chars:
         return source
-    cut = source.text.rfind(" ", 0, max_chars + 1)
+    head = source.text[: max_chars + 1]
+    cut = max(head.rfind(" "), head.rfind("\n"))
     end = cut if cut > max_chars // 2 else max_chars  # one huge "word": cut it rather than lose half the source
     text = source.text[:end].rstrip()
     return dataclasses.replace(source, text=text, char_end=source.char_start + len(text))
@@ -81,12 +86,15 @@ _STOPWORDS = frozenset(
     "our you your i me my which who whom whose what when where why how can could would should will shall may might "
     "must also such very more most other some any all each both only just".split()
 )
+# Declining phrasings; "does not contain" counts only when said of the sources, not of the tower the question is about.
 _ABSTENTION = re.compile(
     r"\b(?:cannot|can ?not|can't|unable to) (?:answer|find|determine|tell|say|provide)"
-    r"|\b(?:don't|do not|does not|doesn't) (?:know|contain|mention|say|provide|include|specify)"
-    r"|\bnot (?:contain|mention|provide|include|specif(?:y|ied)|enough information|sufficient information)"
+    r"|\b(?:don't|do not) know\b"
+    r"|\b(?:sources?|context|texts?|passages?|documents?)\b[^.]{0,40}?"
+    r"\b(?:do|does|did) ?(?:not|n't) (?:contain|mention|provide|include|specify|say|answer)"
     r"|\bno (?:information|mention|answer)\b"
-    r"|\bnot (?:mentioned|provided|specified|stated|given) in\b",
+    r"|\bnot (?:enough|sufficient) information\b"
+    r"|\bnot (?:mentioned|provided|specified|stated|given|found) in (?:the|any|these|this)\b",
     re.IGNORECASE,
 )
 
@@ -180,6 +188,37 @@ def check_spans(sources: list[Source], doc_texts: dict[str, str]) -> None:
 # --- the answerer --------------------------------------------------------------------------------------------------
 
 
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> BatchEncoding:
+    """The chat as model inputs, ending with the assistant turn's header so the model writes the reply."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+
+
+def greedy_generate(
+    tokenizer: PreTrainedTokenizerBase,
+    model: PreTrainedModel,
+    inputs: BatchEncoding,
+    max_new_tokens: int,
+    repetition_penalty: float,
+) -> str:
+    """The model's greedy continuation of ``inputs``, decoded without special tokens (with the KV cache, the default).
+
+    The repetition penalty counts generated tokens only: applied to the prompt as well, it would push the model off
+    the very words of the sources it should copy.
+    """
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor  # lazy, as in generator.py
+
+    prompt_length = inputs["input_ids"].shape[1]
+    penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty, prompt_ignore_length=prompt_length)
+    output = model.generate(
+        **inputs.to(model.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([penalty]),
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+
+
 class PromptedAnswerer:
     """Answers a question from ranked sources with SmolLM2, prompt-stuffed; the model is loaded on first use."""
 
@@ -200,23 +239,14 @@ class PromptedAnswerer:
             return Answer(text=NO_SOURCES_TEXT, abstained=True, route="abstain", sources=[], timings=timings)
         if doc_texts is not None:
             check_spans(sources, doc_texts)
+        cfg = self.config
         tokenizer, model = load_generator(self.generator_config)
 
         t0 = time.perf_counter()
-        shown = [shown_part(source, self.config.max_source_chars) for source in sources[: self.config.top_k]]
-        messages = build_messages(question, shown, self.config.system_prompt)
-        inputs = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(model.device)
+        shown = [shown_part(source, cfg.max_source_chars) for source in sources[: cfg.top_k]]
+        inputs = encode_chat(tokenizer, build_messages(question, shown, cfg.system_prompt))
         t1 = time.perf_counter()
-        output = model.generate(
-            **inputs,
-            max_new_tokens=self.config.max_new_tokens,
-            do_sample=False,
-            repetition_penalty=self.config.repetition_penalty,
-            pad_token_id=tokenizer.eos_token_id,
-        )  # greedy, with the KV cache (the default)
-        generated = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        generated = greedy_generate(tokenizer, model, inputs, cfg.max_new_tokens, cfg.repetition_penalty)
         t2 = time.perf_counter()
         abstained = is_abstention(generated)
         text, citations = (strip_markers(generated), []) if abstained else cite(generated, shown)
