@@ -13,15 +13,9 @@ index error, 130 when interrupted (the index keeps its last committed generation
 
 from __future__ import annotations
 
-import os
-
-# OpenMP threads that spin while waiting take the cores from each other whenever anything else runs on the machine
-# (measured: decoding ~10x slower with 2 spinning threads on 2 busy cores); passive waiting costs nothing when quiet.
-# Must be set before torch or faiss is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path

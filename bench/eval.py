@@ -1,0 +1,154 @@
+"""The benchmark matrix: every system on every public dataset, through `ragless eval`, into BENCHMARKS.md.
+
+Each entry of the plan is one `ragless eval` run; its JSON report is written to bench/results/eval/ and the run is
+skipped next time unless --force, so an interrupted matrix resumes where it stopped. The tables of BENCHMARKS.md are
+rebuilt from all reports present, with the published reference numbers that validate the harness.
+
+    python bench/eval.py --data ../shared/data                       # the whole plan (resumable)
+    python bench/eval.py --data ../shared/data --only scifact        # entries whose dataset starts with "scifact"
+    python bench/eval.py --data ../shared/data --kind retrieval      # the retrieval-only entries
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, update_benchmarks_md  # noqa: E402
+from ragless.eval.datasets import XQUAD_LANGS  # noqa: E402
+from ragless.eval.harness import EvalConfig, evaluate, markdown  # noqa: E402
+
+OUT = RESULTS / "eval"
+
+# (dataset, corpus mode, question limit (0 = all), retrieval only). Retrieval runs use every question where cheap;
+# generation (SmolLM2, ~1-3 s per question on 2 cores) uses a sample, stated in the table.
+PLAN: list[tuple[str, str, int, bool]] = [
+    ("scifact", "gold", 0, True),
+    ("squad-v1.1", "articles", 1000, True),
+    ("squad-v2.0", "articles", 1000, True),
+    ("spf-fr", "gold", 0, True),
+    ("spf-fr", "articles", 0, True),
+    *[(f"xquad-{lang}", "articles", 0, True) for lang in XQUAD_LANGS],
+    ("squad-v1.1", "articles", 40, False),
+    ("squad-v2.0", "articles", 40, False),
+    ("xquad-en", "articles", 20, False),
+    ("spf-fr", "articles", 20, False),
+]
+
+# Published numbers for the same baselines, to validate the harness (BEIR, Thakur et al. 2021, Table 2 / the
+# sentence-transformers model card for all-MiniLM-L6-v2 on BEIR SciFact).
+REFERENCES = {
+    ("scifact", "workflow-bm25", "ndcg@10"): (0.665, "BEIR paper, BM25 (Elasticsearch)"),
+    ("scifact", "workflow-dense", "ndcg@10"): (0.645, "all-MiniLM-L6-v2 on BEIR SciFact (MTEB)"),
+}
+
+COLUMNS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@5", "em", "f1", "abstain_acc",
+           "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s", "latency_p95_s",
+           "mean_segment_chars")
+
+
+def report_path(dataset: str, corpus: str, retrieval_only: bool) -> Path:
+    kind = "retrieval" if retrieval_only else "answers"
+    return OUT / f"{dataset}.{corpus}.{kind}.json"
+
+
+def command(dataset: str, corpus: str, limit: int, retrieval_only: bool) -> str:
+    flags = " --retrieval-only" if retrieval_only else ""
+    return (f"ragless eval --dataset {dataset} --data ../shared/data --corpus {corpus} --limit {limit} --seed 0"
+            f"{flags} --out bench/results/eval/{report_path(dataset, corpus, retrieval_only).name}")
+
+
+def run_plan(data: str, only: str | None, kind: str | None, force: bool) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for dataset, corpus, limit, retrieval_only in PLAN:
+        if (only and not dataset.startswith(only)) or (kind and (kind == "retrieval") != retrieval_only):
+            continue
+        path = report_path(dataset, corpus, retrieval_only)
+        if path.exists() and not force:
+            print(f"have {path.name}", file=sys.stderr)
+            continue
+        cfg = EvalConfig(dataset=dataset, data=data, corpus=corpus, limit=limit, retrieval_only=retrieval_only)
+        t0 = time.perf_counter()
+        report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr))
+        report["command"] = command(dataset, corpus, limit, retrieval_only)
+        report["machine"] = machine()
+        report["wall_s"] = round(time.perf_counter() - t0, 1)
+        for result in report["results"]:  # per-question rows stay out of the repository (megabytes); `ragless eval
+            result.pop("per_question")  # --out` keeps them for whoever wants them
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, ensure_ascii=False))
+        tmp.replace(path)  # a report is whole or absent, so an interrupted plan resumes cleanly
+        print(markdown(report), file=sys.stderr)
+
+
+def _cell(result: dict, metric: str) -> str:
+    value = result["metrics"].get(metric)
+    if value is None:
+        return ""
+    if metric in result["ci"]:
+        low, high = result["ci"][metric]
+        return f"{value:.3f} ({low:.2f}–{high:.2f})"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def tables() -> str:
+    reports = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
+    if not reports:
+        return "No evaluation reports yet: run `python bench/eval.py --data ../shared/data`."
+    parts = []
+    for kind, title in (("retrieval", "Retrieval"), ("answers", "Answers")):
+        chosen = [r for r in reports if r["config"]["retrieval_only"] == (kind == "retrieval")]
+        if not chosen:
+            continue
+        cols = [c for c in COLUMNS if any(res["metrics"].get(c) is not None for r in chosen for res in r["results"])]
+        lines = [f"### {title}", "",
+                 "| dataset | corpus | n | system | " + " | ".join(cols) + " |",
+                 "|" + "---|" * (4 + len(cols))]
+        for r in chosen:
+            for res in r["results"]:
+                cells = [_cell(res, c) for c in cols]
+                lines.append(f"| {res['dataset']} | {res['corpus']} | {res['n']} | {res['system']} | "
+                             + " | ".join(cells) + " |")
+                for (ds, system, metric), (value, where) in REFERENCES.items():
+                    if ds == res["dataset"] and system == res["system"] and res["corpus"] == "gold":
+                        ref = [f"**{value:.3f}** ({where})" if c == metric else "" for c in cols]
+                        lines.append(f"| {ds} | published | | {system} | " + " | ".join(ref) + " |")
+        lines += ["", "Commands (one per row group, seed 0):", ""]
+        lines += [f"- `{r['command']}` ({r['wall_s']:.0f} s)" for r in chosen]
+        parts.append("\n".join(lines))
+    m = reports[0]["machine"]
+    head = (
+        "## Evaluation matrix (issue 3)\n\n"
+        "`python bench/eval.py --data ../shared/data` runs every entry; each number is the mean over the questions "
+        "with its 95% bootstrap interval in parentheses (1,000 resamples over questions). Corpus `gold`: the "
+        "benchmark's own passages are every system's segments (an oracle); `articles`: each system segments the "
+        "documents itself. Retrieval is judged on character spans: for SQuAD and XQuAD a segment counts for the gold "
+        "paragraph it mostly covers (or that mostly covers it); SciFact and spf-fr are judged per document. "
+        "`ragless` is the shipped default path (today the fixed-window segmenter and base MiniLM through the "
+        "on-disk index, with SmolLM2 prompted — the trained models of issues 4–5 are not shipped yet), so it "
+        "matches `workflow-dense` by construction until they land. "
+        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}, {m['gpu'] or 'no GPU'}."
+    )
+    return head + "\n\n" + "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--only", help="run only plan entries whose dataset starts with this")
+    parser.add_argument("--kind", choices=("retrieval", "answers"), help="run only retrieval or only answer entries")
+    parser.add_argument("--force", action="store_true", help="re-run entries that already have a report")
+    parser.add_argument("--tables-only", action="store_true", help="rebuild BENCHMARKS.md from existing reports")
+    args = parser.parse_args()
+    if not args.tables_only:
+        run_plan(args.data, args.only, args.kind, args.force)
+    update_benchmarks_md("eval", tables())
+
+
+if __name__ == "__main__":
+    main()
