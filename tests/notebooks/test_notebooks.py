@@ -1,0 +1,94 @@
+"""The evaluation notebooks (notebooks/*.ipynb) run end to end, so they cannot rot.
+
+Each notebook is executed with nbclient on the tiny made-up benchmark folder of the eval tests, with a question
+limit of 2, and must finish without error and leave its PNGs in the out folder. The kernel is this interpreter
+(the venv's python), through a kernelspec written for the test, whatever kernelspecs the machine has installed.
+The notebooks that generate answers load SmolLM2 and are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from ipykernel.kernelspec import write_kernel_spec
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ragless" / "eval"))
+from benchdata import write_benchmark_data  # noqa: E402
+
+NOTEBOOKS = Path(__file__).parents[2] / "notebooks"
+ALL_SYSTEMS = "workflow-bm25,workflow-dense,ragless"
+
+
+def execute(nb: nbformat.NotebookNode, workdir: Path, timeout: int = 600) -> nbformat.NotebookNode:
+    """Run ``nb`` in ``workdir`` on a kernel of this very interpreter; raises CellExecutionError on any error."""
+    specs = workdir / "kernels"
+    write_kernel_spec(specs / "python3")  # argv: [sys.executable, "-m", "ipykernel_launcher", ...]
+    km = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]))
+    client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(workdir)}})
+    return client.execute()
+
+
+def run_notebook(name: str, tmp_path: Path, monkeypatch, systems: str, limit: int = 2) -> Path:
+    """Execute notebooks/<name>.ipynb on the tiny benchmark folder; returns its figures folder."""
+    out = tmp_path / "figures"
+    monkeypatch.setenv("RAGLESS_DATA", str(write_benchmark_data(tmp_path)))
+    monkeypatch.setenv("RAGLESS_NB_LIMIT", str(limit))
+    monkeypatch.setenv("RAGLESS_NB_OUT", str(out))
+    monkeypatch.setenv("RAGLESS_NB_SYSTEMS", systems)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    execute(nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4), tmp_path)
+    return out
+
+
+def assert_pngs(out: Path, names: set[str]) -> None:
+    assert {p.name for p in out.glob("*.png")} == names
+    for name in names:
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
+
+
+def test_kernel_is_this_interpreter(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.executable)")])
+    executed = execute(nb, tmp_path, timeout=60)
+    assert executed.cells[0].outputs[0]["text"].strip() == sys.executable
+
+
+def test_notebooks_are_committed_without_outputs_and_compile():
+    """Small diffs, and a syntax error in a slow notebook shows up in the fast tests too."""
+    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == ["answer_quality", "languages", "latency", "retrieval_quality"]
+    for name in names:
+        nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+        for i, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, f"{name}: clear the outputs"
+                compile("".join(cell["source"]), f"{name}.ipynb cell {i}", "exec")
+
+
+def test_retrieval_quality(tmp_path, monkeypatch):
+    out = run_notebook("retrieval_quality", tmp_path, monkeypatch, ALL_SYSTEMS)
+    assert_pngs(out, {"retrieval_recall_at_k.png"})
+
+
+def test_languages(tmp_path, monkeypatch):
+    out = run_notebook("languages", tmp_path, monkeypatch, ALL_SYSTEMS)  # the tiny folder holds xquad "de" only
+    assert_pngs(out, {"languages_recall5_ndcg10.png"})
+
+
+@pytest.mark.slow
+def test_answer_quality(tmp_path, monkeypatch):
+    out = run_notebook("answer_quality", tmp_path, monkeypatch, "workflow-bm25,ragless")
+    assert_pngs(out, {"answer_quality_by_kind.png"})
+
+
+@pytest.mark.slow
+def test_latency(tmp_path, monkeypatch):
+    out = run_notebook("latency", tmp_path, monkeypatch, "workflow-bm25,ragless")
+    assert_pngs(out, {"latency_by_stage.png", "latency_answer_hist.png"})
