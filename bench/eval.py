@@ -93,7 +93,9 @@ def _cell(result: dict, metric: str) -> str:
     if metric in result["ci"]:
         low, high = result["ci"][metric]
         return f"{value:.3f} ({low:.2f}–{high:.2f})"
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    if metric.startswith("latency"):
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def tables() -> str:
@@ -132,7 +134,9 @@ def tables() -> str:
         "`ragless` is the shipped default path (today the fixed-window segmenter and base MiniLM through the "
         "on-disk index, with SmolLM2 prompted — the trained models of issues 4–5 are not shipped yet), so it "
         "matches `workflow-dense` by construction until they land. "
-        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}, {m['gpu'] or 'no GPU'}."
+        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']}, {m['gpu'] or 'no GPU'}. Latencies are "
+        "per question and stage (p50/p95); the 2026-11-29 runs shared the two cores with other jobs part of the "
+        "time, so read them as upper bounds."
     )
     return head + "\n\n" + "\n\n".join(parts)
 
