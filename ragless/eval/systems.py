@@ -61,6 +61,12 @@ def _source(seg: Segment, doc: Document, score: float) -> Source:
                   seg.section)
 
 
+def build_facts(lengths: list[int], seconds: float) -> dict[str, Any]:
+    """What a system's build made: how many segments, how long on average, in how many seconds."""
+    return {"segments": len(lengths), "mean_segment_chars": round(float(np.mean(lengths)), 1) if lengths else 0,
+            "build_s": round(seconds, 2)}
+
+
 class _InMemory:
     """Segments of a corpus kept in memory, shared by the workflow systems."""
 
@@ -69,9 +75,7 @@ class _InMemory:
         self.segments = [s for segs in segmenter.segment(list(documents)) for s in segs]
 
     def _facts(self, seconds: float) -> dict[str, Any]:
-        lengths = [s.char_end - s.char_start for s in self.segments]
-        return {"segments": len(lengths), "mean_segment_chars": round(float(np.mean(lengths)), 1) if lengths else 0,
-                "build_s": round(seconds, 2)}
+        return build_facts([s.char_end - s.char_start for s in self.segments], seconds)
 
 
 # -- BM25 -------------------------------------------------------------------------------------------------------------
@@ -176,8 +180,7 @@ class Ragless:
         report = job.ingest_documents(documents, progress=False)
         self.asker = Asker(index)
         lengths = [s.char_end - s.char_start for s in self.asker.reader.iter_segments()]
-        return {"segments": len(lengths), "mean_segment_chars": round(float(np.mean(lengths)), 1) if lengths else 0,
-                "build_s": report.elapsed_s}
+        return build_facts(lengths, report.elapsed_s)
 
     def retrieve(self, questions: Sequence[str], k: int) -> list[list[Source]]:
         return self.asker.retrieve(list(questions), k)
