@@ -300,19 +300,24 @@ class IndexWriter:
             raise ValueError(f"vectors {vectors.shape} do not match {len(flat)} segments of dim {self.dim}")
         if len({d.doc_id for d in docs}) != len(docs):
             raise ValueError("a shard cannot hold the same doc_id twice")
-        shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        vindex = faiss.IndexFlatIP(self.dim)
-        if len(flat):
-            vindex.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        _write_parquet(self.root / "documents" / f"{shard}.parquet", _documents_table(docs), DOC_ROW_GROUP)
-        _write_parquet(self.root / "segments" / f"{shard}.parquet", _segments_table(flat))
-        _write_faiss(self.root / "vectors" / f"{shard}.faiss", vindex)
-        self.shards[shard] = {"id": shard, "documents": len(docs), "segments": len(flat)}
+        shard = self._write_shard(_documents_table(docs), _segments_table(flat), vectors)
         for doc, segs in zip(docs, segments):
             self.catalog[doc.doc_id] = CatalogEntry(
                 doc.doc_id, doc.source, doc.sha256, doc.title, shard, len(segs), len(doc.text)
             )
         self._dirty = True
+        return shard
+
+    def _write_shard(self, docs: pa.Table, segments: pa.Table, vectors: np.ndarray) -> str:
+        """Write the three files of a new shard (segments row-aligned with vectors) and register it; returns its id."""
+        shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        vindex = faiss.IndexFlatIP(self.dim)
+        if len(vectors):
+            vindex.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        _write_parquet(self.root / "documents" / f"{shard}.parquet", docs, DOC_ROW_GROUP)
+        _write_parquet(self.root / "segments" / f"{shard}.parquet", segments)
+        _write_faiss(self.root / "vectors" / f"{shard}.faiss", vindex)
+        self.shards[shard] = {"id": shard, "documents": docs.num_rows, "segments": segments.num_rows}
         return shard
 
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
@@ -389,8 +394,9 @@ class IndexWriter:
     def compact(self, target_segments: int = 16384) -> int:
         """Rewrite shards that hold dead rows or are small into shards of about ``target_segments`` live segments.
 
-        Streams one source shard at a time, so memory is bounded by the target size. Returns how many shards were
-        rewritten; commit to make the result visible.
+        Works on Arrow tables and vector matrices, never on Python objects per row, one source shard at a time: memory
+        is bounded by the target size (about 50 MB at 16384 segments of ~500 characters). Returns how many shards
+        were rewritten; commit to make the result visible.
         """
         live = self._live_counts()
         has_dead = {sid for sid, s in self.shards.items() if sid in live and live[sid][1] < s["segments"]}
@@ -398,45 +404,39 @@ class IndexWriter:
         todo = sorted(has_dead | small)
         if not has_dead and len(todo) < 2:
             return 0
-        pending_docs: list[Document] = []
-        pending_segs: list[list[Segment]] = []
-        pending_vecs: list[np.ndarray] = []
-        n_pending = 0
+        live_ids: dict[str, list[str]] = {}
+        for e in self.catalog.values():
+            live_ids.setdefault(e.shard, []).append(e.doc_id)
+        pending: list[tuple[pa.Table, pa.Table, np.ndarray]] = []
 
         def flush() -> None:
-            nonlocal n_pending
-            if pending_docs:
-                vecs = np.concatenate(pending_vecs) if pending_vecs else np.zeros((0, self.dim), np.float32)
-                self.add_shard(pending_docs, pending_segs, vecs)
-            pending_docs.clear(), pending_segs.clear(), pending_vecs.clear()
-            n_pending = 0
+            if not pending:
+                return
+            docs = pa.concat_tables([d for d, _, _ in pending]).combine_chunks()
+            segs = pa.concat_tables([s for _, s, _ in pending]).combine_chunks()
+            shard = self._write_shard(docs, segs, np.concatenate([v for _, _, v in pending]))
+            for doc_id in docs.column("doc_id").to_pylist():
+                self.catalog[doc_id].shard = shard
+            pending.clear()
+            self._dirty = True
 
         for sid in todo:
-            for doc, segs, vecs in self._live_rows(sid):
-                pending_docs.append(doc)
-                pending_segs.append(segs)
-                pending_vecs.append(vecs)
-                n_pending += len(segs)
-                if n_pending >= target_segments:
-                    flush()
+            pending.append(self._live_rows(sid, live_ids[sid]))
+            if sum(s.num_rows for _, s, _ in pending) >= target_segments:
+                flush()
         flush()
         return len(todo)
 
-    def _live_rows(self, shard: str) -> Iterator[tuple[Document, list[Segment], np.ndarray]]:
-        docs = pq.read_table(self.root / "documents" / f"{shard}.parquet")
-        segs = pq.read_table(self.root / "segments" / f"{shard}.parquet")
+    def _live_rows(self, shard: str, doc_ids: list[str]) -> tuple[pa.Table, pa.Table, np.ndarray]:
+        """The documents, segments and vectors of ``shard`` that belong to ``doc_ids`` (its live ones), in order."""
+        live_ids = pa.array(doc_ids, pa.string())
+        docs = pq.read_table(self.root / "documents" / f"{shard}.parquet", schema=DOCUMENTS_SCHEMA)
+        segs = pq.read_table(self.root / "segments" / f"{shard}.parquet", schema=SEGMENTS_SCHEMA)
         vecs = faiss.read_index(str(self.root / "vectors" / f"{shard}.faiss"))
-        matrix = vecs.reconstruct_n(0, vecs.ntotal) if vecs.ntotal else np.zeros((0, self.dim), np.float32)
-        rows_by_doc: dict[str, list[int]] = {}
-        for i, doc_id in enumerate(segs.column("doc_id").to_pylist()):
-            rows_by_doc.setdefault(doc_id, []).append(i)
-        seg_rows = segs.to_pylist()
-        for row in docs.to_pylist():
-            entry = self.catalog.get(row["doc_id"])
-            if entry is None or entry.shard != shard:
-                continue  # replaced or deleted: a dead row
-            idx = rows_by_doc.get(row["doc_id"], [])
-            yield _document_from_row(row), [Segment(**seg_rows[i]) for i in idx], matrix[idx]
+        seg_mask = pc.is_in(segs.column("doc_id"), value_set=live_ids)
+        rows = np.flatnonzero(seg_mask.to_numpy(zero_copy_only=False))
+        matrix = vecs.reconstruct_n(0, vecs.ntotal)[rows] if vecs.ntotal else np.zeros((0, self.dim), np.float32)
+        return docs.filter(pc.is_in(docs.column("doc_id"), value_set=live_ids)), segs.filter(seg_mask), matrix
 
 
 @dataclass

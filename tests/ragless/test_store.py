@@ -105,6 +105,35 @@ def test_replaced_document_rows_are_dead_until_compaction_removes_them(tmp_path)
         assert after.search(q[row : row + 1], k=1)[0][0].segment.seg_id == seg.seg_id
 
 
+def test_compaction_merges_small_shards_without_changing_what_readers_find(tmp_path):
+    vectors = {}
+    with IndexWriter(tmp_path, COMPONENTS, DIM) as w:
+        for batch in range(6):  # six one-batch shards of two documents, three segments each
+            docs = [make_doc(f"d{batch}{j}", f"a{batch}{j}\nb{batch}{j}\nc{batch}{j}") for j in range(2)]
+            v = write(w, docs, seed=batch)
+            vectors.update(zip([s.seg_id for _, segs in docs for s in segs], v))
+            w.commit()
+        w.delete(["d31"])
+        w.commit()
+    before = IndexReader(tmp_path)
+    queries = unit_vectors(5, seed=99)
+    expected = [[(h.segment, round(h.score, 5)) for h in hits] for hits in before.search(queries, k=7)]
+    with IndexWriter(tmp_path) as w:
+        assert w.compact(target_segments=14) == 6  # every shard is small (< 7 segments)
+        w.commit()
+        shards = w.manifest["shards"]
+    # 33 live segments into shards of >= 14 live segments, the last one whatever remains; no dead rows left
+    assert [s["segments"] for s in shards] and sum(s["segments"] for s in shards) == 33 == len(before)
+    assert len(shards) == 2 and all(s["live_segments"] == s["segments"] for s in shards)
+    after = IndexReader(tmp_path)
+    assert [[(h.segment, round(h.score, 5)) for h in hits] for hits in after.search(queries, k=7)] == expected
+    for row, seg in enumerate(after.iter_segments()):
+        np.testing.assert_allclose(after.vectors(np.array([row]))[0], vectors[seg.seg_id], atol=1e-6)
+        assert after.document(seg.doc_id).text[seg.char_start : seg.char_end] == seg.text
+    assert sorted(e.doc_id for e in after.documents()) == sorted(e.doc_id for e in before.documents())
+    assert "d31" not in after.catalog
+
+
 def test_one_writer_at_a_time(tmp_path):
     with IndexWriter(tmp_path, COMPONENTS, DIM):
         with pytest.raises(StoreError, match="another writer"):
