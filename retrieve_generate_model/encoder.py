@@ -38,7 +38,7 @@ def wheel_model_dir() -> Path:
 class EncoderConfig:
     model_dir: str | None = None  # a sentence-transformers folder; None = the MiniLM of the wheel
     max_tokens: int = 256  # MiniLM's position limit: longer passages are truncated
-    batch_size: int = 64  # passages per forward: fast on 2 cores, bounded memory
+    batch_size: int = 16  # passages per forward: on 2 cores 16 embeds ~20% faster than 64, with 1/4 the activations
     device: str = "cpu"
 
 

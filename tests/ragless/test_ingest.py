@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ragless.components import make_segmenter
-from ragless.ingest import IngestConfig, IngestJob, compact_index, delete_documents
+from ragless.ingest import IngestConfig, IngestJob, compact_index, delete_documents, release_freed_memory
 from ragless.store import IndexReader
 
 TOPICS = ["volcano", "harbour", "violin", "glacier", "orchard", "lighthouse", "compiler", "telescope"]
@@ -186,3 +187,8 @@ def test_ingest_killed_at_any_point_resumes_to_the_same_index(tmp_path, crash_co
     assert len(spans) == len(set(spans))  # none twice
     leftovers = {p.name for p in index.rglob("*.tmp")}
     assert not leftovers
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is a glibc call")
+def test_freed_heap_memory_is_given_back_after_each_batch():
+    assert release_freed_memory() is True
