@@ -49,7 +49,7 @@ REFERENCES = {
 
 COLUMNS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@5", "em", "f1", "abstain_acc",
            "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s", "latency_p95_s",
-           "mean_segment_chars")
+           "mean_segment_chars", "peak_rss_mb")
 
 
 def report_path(dataset: str, corpus: str, retrieval_only: bool) -> Path:

@@ -6,6 +6,10 @@
     ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
     ragless compact --index my-index
     ragless info --index my-index
+    ragless eval --dataset squad-v2.0 --data ../shared/data --systems workflow-bm25,ragless --limit 200
+    ragless synth segmentation docs/ --out data/segmentation        # training data from one's own documents
+    ragless train segmenter --train data/segmentation/train.parquet --heldout data/segmentation/heldout.parquet \
+        --out checkpoints/my-segmenter
 
 Exit status: 0 on success (files that could not be read are reported and skipped, not errors), 2 on a usage or
 index error, 130 when interrupted (the index keeps its last committed generation; run the same command to resume).
@@ -20,14 +24,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from preprocess_model.model import SegmenterConfig
 from preprocess_model.readers import ReaderConfig
+from preprocess_model.train import TrainConfig
 from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig
-from ragless.components import DEFAULT_SEGMENTER
+from ragless.components import DEFAULT_SEGMENTER, LEARNED
 from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
+from synth_pipeline.segmentation import SynthConfig
 
 
 class UsageError(Exception):
@@ -55,6 +62,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         if manifest is not None and args.segmenter is None and not window_flags:
             recorded = manifest["components"]["segmenter"]  # an existing index keeps the segmenter that made it
             segmenter = make_segmenter(recorded["name"], recorded["config"])
+        elif args.segmenter and Path(args.segmenter, "config.json").is_file():  # a checkpoint folder one trained
+            segmenter = make_segmenter(LEARNED, {"checkpoint": str(Path(args.segmenter).resolve())})
         else:
             segmenter = make_segmenter(args.segmenter or DEFAULT_SEGMENTER, window_flags or None)
     except ValueError as e:
@@ -174,6 +183,56 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
+    from synth_pipeline.segmentation import (
+        SynthConfig,
+        label_counts,
+        make_examples,
+        split_by_doc,
+        structured_docs,
+        write_dataset,
+    )
+
+    try:
+        cfg = from_args(SynthConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless synth segmentation: {e}") from None
+    failures: list = []
+    docs = structured_docs(args.paths, failures)
+    rows = list(make_examples(docs, cfg, seed=args.seed, variants=args.variants))
+    for failure in failures:
+        print(f"skipped {failure.source}: {failure.reason}", file=sys.stderr)
+    if not rows:
+        raise UsageError(f"ragless synth segmentation: no structured documents (.md .html .jsonl) under {args.paths}")
+    train, heldout = split_by_doc(rows, args.heldout_fraction, args.seed)
+    out = Path(args.out)
+    write_dataset(train, out / "train.parquet", cfg, args.seed)
+    write_dataset(heldout, out / "heldout.parquet", cfg, args.seed)
+    summary = {"documents": len({r["doc_id"] for r in rows}), "rows": len(rows), "train_rows": len(train),
+               "heldout_rows": len(heldout), "labels": label_counts(rows), "seed": args.seed,
+               "variants": args.variants, "failures": [{"source": f.source, "reason": f.reason} for f in failures]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": len(failures)}))
+    return 0
+
+
+def _cmd_train_segmenter(args: argparse.Namespace) -> int:
+    from preprocess_model.model import SegmenterConfig
+    from preprocess_model.train import TrainConfig, train_segmenter
+
+    for path in (args.train, args.heldout):
+        if not Path(path).is_file():
+            raise UsageError(f"ragless train segmenter: no file {path} (make one with `ragless synth segmentation`)")
+    try:
+        cfg, model_cfg = from_args(TrainConfig, args), from_args(SegmenterConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train segmenter: {e}") from None
+    report = train_segmenter(args.train, args.heldout, args.out, cfg, model_cfg,
+                             log=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragless", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files and folders (.txt .md .html .pdf .jsonl .parquet)")
     p.add_argument("--index", required=True, help="index directory (created when missing)")
     p.add_argument("--report", help="write the job's JSON report here")
-    p.add_argument("--segmenter", help=f"segmenter of a new index (default: {DEFAULT_SEGMENTER}; an existing index "
+    p.add_argument("--segmenter", help=f"segmenter of a new index: fixed-window, learned (the shipped model) or a "
+                   f"checkpoint folder from `ragless train segmenter` (default: {DEFAULT_SEGMENTER}; an existing index "
                    "keeps the one that made it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, IngestConfig)
@@ -214,6 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON report here (and the table next to it as .md)")
     p.add_argument("--compare", action="store_true", help="paired bootstrap of each system against the first")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("synth", help="make training data from documents of known structure")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    k = kinds.add_parser("segmentation", help="rendered documents with a label per unit, for `train segmenter`")
+    k.add_argument("paths", nargs="+", help="files and folders: .md .html .jsonl (id, title, paragraphs or text)")
+    k.add_argument("--out", required=True, help="folder for train.parquet, heldout.parquet and summary.json")
+    k.add_argument("--seed", type=int, default=0, help="rendering and the held-out split (default: 0)")
+    k.add_argument("--variants", type=int, default=2, help="renderings of each document (default: 2)")
+    k.add_argument("--heldout-fraction", type=float, default=0.1, help="documents held out (default: 0.1)")
+    add_dataclass_args(k, SynthConfig)
+    k.set_defaults(func=_cmd_synth_segmentation)
+
+    p = sub.add_parser("train", help="train a model of ragless on data made by `ragless synth`")
+    models = p.add_subparsers(dest="model", required=True)
+    m = models.add_parser("segmenter", help="the segmentation model (resumable: run the same command again)")
+    m.add_argument("--train", required=True, help="training rows (Parquet, from `ragless synth segmentation`)")
+    m.add_argument("--heldout", required=True, help="held-out rows, evaluated every --eval-every steps")
+    m.add_argument("--out", required=True, help="checkpoint folder (its state/ subfolder makes the run resumable)")
+    add_dataclass_args(m, TrainConfig)
+    add_dataclass_args(m, SegmenterConfig)
+    m.set_defaults(func=_cmd_train_segmenter)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

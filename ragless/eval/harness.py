@@ -13,14 +13,16 @@ spf-fr the unit is the document (graded qrels for SciFact). See `ragless.eval.me
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psutil
+
 from ragless.eval import metrics as M
 from ragless.eval.datasets import EvalQuestion, EvalSet, load
-from ragless.eval.systems import SYSTEMS, PassageSegmenter, default_segmenter, make_system
-from ragless.ingest import peak_rss_mb
+from ragless.eval.systems import SYSTEMS, PassageSegmenter, SharedEmbeddings, default_segmenter, make_system
 from retrieve_generate_model.records import Answer, Source
 
 CORPUS_MODES = ("gold", "articles")
@@ -40,10 +42,14 @@ class EvalConfig:
     answer_k: int = 4  # retrieved segments given to the generator
     retrieval_only: bool = False  # skip generation: retrieval and segmentation metrics alone
     bootstrap: int = 1000  # resamples for the confidence intervals
+    share_embeddings: bool = False  # systems with the same encoder embed the corpus once (faster; build times lie)
+    segmenter: str = ""  # articles mode: every system cuts with this one (fixed-window, learned); "": each its own
 
     def __post_init__(self) -> None:
         if self.corpus not in CORPUS_MODES:
             raise ValueError(f"corpus must be one of {CORPUS_MODES}, got {self.corpus!r}")
+        if self.segmenter and self.corpus == "gold":
+            raise ValueError("--segmenter applies to corpus mode articles (gold mode gives every system the passages)")
         unknown = set(self.systems) - set(SYSTEMS)
         if unknown or not self.systems:
             raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
@@ -80,7 +86,9 @@ def score_retrieval(q: EvalQuestion, sources: list[Source], unit: str) -> dict[s
     if any(v > 0 for v in qrels.values()):
         units = M.judge_segments([(s.doc_id, s.char_start, s.char_end) for s in sources], q.evidence, unit)
         out.update(M.retrieval_metrics({q.qid: M.units_to_run(units)}, {q.qid: qrels}, KS)[q.qid])
-    out["answer_recall@5"] = M.answer_recall_at_k([s.text for s in sources], q.answers, 5, _norm_lang(q.lang))
+    texts, lang = [s.text for s in sources], _norm_lang(q.lang)
+    out["answer_recall@1"] = M.answer_recall_at_k(texts, q.answers, 1, lang)
+    out["answer_recall@5"] = M.answer_recall_at_k(texts, q.answers, 5, lang)
     return out
 
 
@@ -101,11 +109,55 @@ def score_answer(q: EvalQuestion, answer: Answer, doc_texts: dict[str, str]) -> 
     }
 
 
+class PeakRSS:
+    """The highest resident set size of this process while the block runs, sampled every ``interval`` seconds.
+
+    `resource.getrusage` only knows the peak of the whole process; this gives each system its own, measured from
+    where the previous system left the process (what it keeps loaded, e.g. the shared encoder, counts for both).
+    """
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak_mb = interval, 0.0
+        self._process, self._stop = psutil.Process(), threading.Event()
+
+    def _sample(self) -> None:
+        self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakRSS:
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, encoder=None) -> SystemResult:
+    with PeakRSS() as rss:
+        result = _run_system(name, evalset, cfg, answerer, encoder)
+    result.metrics["peak_rss_mb"] = round(rss.peak_mb, 1)
+    return result
+
+
+def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, encoder=None) -> SystemResult:
     lang = evalset.questions[0].lang if evalset.questions else "en"
     system = make_system(name, lang=lang, encoder=encoder)
-    segmenter = PassageSegmenter(evalset.passages) if cfg.corpus == "gold" else default_segmenter(system)
-    build = system.build(evalset.documents, segmenter)
+    if cfg.corpus == "gold":
+        segmenter = PassageSegmenter(evalset.passages)
+    elif cfg.segmenter:
+        from ragless.components import make_segmenter
+
+        segmenter = make_segmenter(cfg.segmenter)
+    else:
+        segmenter = default_segmenter(system)
+    build = {**system.build(evalset.documents, segmenter), "segmenter": segmenter.name}
     unit = _unit(evalset.name)
     rows = []
     for q in evalset.questions:
@@ -131,7 +183,7 @@ def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, enco
 
 
 def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, Any]], build: dict) -> SystemResult:
-    """Aggregate per-question rows into metrics with bootstrap intervals, latency percentiles and peak RSS."""
+    """Aggregate per-question rows into metrics with bootstrap intervals and latency percentiles."""
     names = [k for k in rows[0] if k not in ("qid", "kind", "lang", "retrieved", "answer", "abstained", "citations",
                                              "timings")] if rows else []
     metrics: dict[str, float | None] = {}
@@ -155,7 +207,6 @@ def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, A
         metrics["latency_p95_s"] = metrics["latency_total_p95_s"]
     metrics["segments"] = build.get("segments")
     metrics["mean_segment_chars"] = build.get("mean_segment_chars")
-    metrics["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return SystemResult(system, dataset, cfg.corpus, len(rows), metrics, ci, build, rows)
 
 
@@ -167,10 +218,10 @@ def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
         from ragless.prompted import PromptedAnswerer
 
         answerer = PromptedAnswerer()
-    if {"workflow-dense"} & set(cfg.systems):
+    if {"workflow-dense", "ragless"} & set(cfg.systems):
         from retrieve_generate_model.encoder import Encoder
 
-        encoder = Encoder()
+        encoder = SharedEmbeddings(Encoder()) if cfg.share_embeddings else Encoder()
     results = []
     for name in cfg.systems:
         t0 = time.perf_counter()
@@ -205,9 +256,9 @@ def compare(report: dict[str, Any], baseline: str | None = None, n_resamples: in
     return rows
 
 
-TABLE_METRICS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@5", "em", "f1", "abstain_acc",
-                 "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s", "latency_p95_s",
-                 "segments", "mean_segment_chars")
+TABLE_METRICS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@1", "answer_recall@5", "em", "f1",
+                 "abstain_acc", "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s",
+                 "latency_p95_s", "segments", "mean_segment_chars", "peak_rss_mb")
 
 
 def markdown(report: dict[str, Any], with_ci: bool = True) -> str:

@@ -133,6 +133,31 @@ class WorkflowBM25(_InMemory):
 # -- dense ------------------------------------------------------------------------------------------------------------
 
 
+class SharedEmbeddings:
+    """An encoder that remembers passage embeddings by text, so that systems with the same encoder (and the same
+    segments) embed a corpus once instead of once each. Queries are not remembered (their latency is measured).
+
+    Only for exploring (the notebooks): a system that finds its passages already embedded reports a build time that
+    leaves the embedding out. `bench/eval.py` never shares.
+    """
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+        self.name, self.dim = encoder.name, encoder.dim
+        self._memo: dict[str, np.ndarray] = {}
+
+    def config(self) -> dict[str, Any]:
+        return self.encoder.config()
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        self._memo.update(zip(missing, self.encoder.embed_passages(missing)))
+        return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.embed_queries(texts)
+
+
 class WorkflowDense(_InMemory):
     name = "workflow-dense"
 
@@ -166,9 +191,12 @@ class Ragless:
 
     name = "ragless"
 
-    def __init__(self, workdir: str | Path | None = None):
+    def __init__(self, workdir: str | Path | None = None, encoder: Encoder | SharedEmbeddings | None = None):
+        """``encoder``: the one to ingest with, when the caller holds it (None: the shipped default); it must be
+        the shipped default encoder, or the index would record other components than ragless ships."""
         self._tmp = tempfile.TemporaryDirectory(prefix="ragless-eval-") if workdir is None else None
         self.workdir = Path(workdir or self._tmp.name)
+        self.encoder = encoder
 
     def build(self, documents: Sequence[Document], segmenter) -> dict[str, Any]:
         from ragless.ask import Asker
@@ -176,7 +204,9 @@ class Ragless:
         from ragless.ingest import IngestConfig, IngestJob
 
         index = self.workdir / "index"
-        job = IngestJob(index, segmenter, make_encoder(), IngestConfig(batch_docs=512))
+        shipped = make_encoder()
+        encoder = self.encoder if self.encoder is not None and self.encoder.config() == shipped.config() else shipped
+        job = IngestJob(index, segmenter, encoder, IngestConfig(batch_docs=512))
         report = job.ingest_documents(documents, progress=False)
         self.asker = Asker(index)
         lengths = [s.char_end - s.char_start for s in self.asker.reader.iter_segments()]
@@ -189,13 +219,14 @@ class Ragless:
 SYSTEMS = ("workflow-bm25", "workflow-dense", "ragless")
 
 
-def make_system(name: str, lang: str = "en", encoder: Encoder | None = None) -> System:
+def make_system(name: str, lang: str = "en", encoder: Encoder | SharedEmbeddings | None = None) -> System:
+    """``encoder``: the base MiniLM to use where a system embeds with it (loaded once by the caller)."""
     if name == "workflow-bm25":
         return WorkflowBM25(BM25Config(lang=lang))
     if name == "workflow-dense":
         return WorkflowDense(encoder or Encoder())
     if name == "ragless":
-        return Ragless()
+        return Ragless(encoder=encoder)
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
 
 

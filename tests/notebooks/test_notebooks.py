@@ -78,7 +78,7 @@ def test_retrieval_quality(tmp_path, monkeypatch):
 
 
 def test_languages(tmp_path, monkeypatch):
-    out = run_notebook("languages", tmp_path, monkeypatch, ALL_SYSTEMS)  # the tiny folder holds xquad "de" only
+    out = run_notebook("languages", tmp_path, monkeypatch, ALL_SYSTEMS)  # the tiny folder holds xquad "de" and "en"
     assert_pngs(out, {"languages_recall5_ndcg10.png"})
 
 

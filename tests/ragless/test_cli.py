@@ -129,3 +129,30 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, corpus, capsys):
     for argv, reason in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and reason in err, (argv, err)
+
+
+def test_synth_train_then_ingest_with_the_learned_segmenter(tmp_path, capsys):
+    docs = tmp_path / "structured"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"guide{i}.md").write_text(
+            f"# Guide {i}\n\n## Install\n\nRun the installer number {i}. It asks two questions.\n\n"
+            f"## Use\n\nOpen the program and pick a file.\n\n- one\n- two\n", encoding="utf-8")
+    (docs / "broken.html").write_bytes(b"\x00\x01binary")
+    code, out, err = run(capsys, "synth", "segmentation", str(docs), "--out", str(tmp_path / "seg"), "--variants",
+                         "2", "--heldout-fraction", "0.34")
+    summary = json.loads(out)
+    assert code == 0 and summary["documents"] == 6 and summary["failures"] == 1 and "broken.html" in err
+    assert summary["train_rows"] == 8 and summary["heldout_rows"] == 4  # 2 of 6 documents held out, 2 variants
+    code, out, _ = run(capsys, "train", "segmenter", "--train", str(tmp_path / "seg" / "train.parquet"),
+                       "--heldout", str(tmp_path / "seg" / "heldout.parquet"), "--out", str(tmp_path / "ckpt"),
+                       "--steps", "4", "--eval-every", "4", "--batch-windows", "2", "--window-tokens", "64")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["step"] == 4
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["window_tokens"] == 64
+    code, _, err = run(capsys, "ingest", str(docs), "--index", str(tmp_path / "index"), "--segmenter",
+                       str(tmp_path / "ckpt"), "--quiet")
+    assert code == 0 and "6 added" in err
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert manifest["components"]["segmenter"]["name"] == "learned"
+    assert run(capsys, "train", "segmenter", "--train", str(tmp_path / "nope.parquet"), "--heldout", "x", "--out",
+               str(tmp_path / "o"))[0] == 2

@@ -99,15 +99,16 @@ def write_jsonl_gz(path: Path, rows: list[dict]) -> None:
 
 
 def write_benchmark_data(tmp_path: Path) -> Path:
-    """A data folder holding every format: squad v1.1 and v2.0, xquad de, scifact and spf_fr."""
+    """A data folder holding every format: squad v1.1 and v2.0, xquad de and en, scifact and spf_fr."""
     root = tmp_path / "data"
     squad = root / "squad" / "normalized"
     write_jsonl_gz(squad / "v1.1" / "corpus.jsonl.gz", SQUAD_CORPUS)
     write_jsonl_gz(squad / "v1.1" / "questions.jsonl.gz", SQUAD_V11_QUESTIONS)
     write_jsonl_gz(squad / "v2.0" / "corpus.jsonl.gz", SQUAD_CORPUS[:2])
     write_jsonl_gz(squad / "v2.0" / "questions.jsonl.gz", SQUAD_V20_QUESTIONS)
-    write_jsonl_gz(root / "xquad" / "normalized" / "de" / "corpus.jsonl.gz", XQUAD_CORPUS)
-    write_jsonl_gz(root / "xquad" / "normalized" / "de" / "questions.jsonl.gz", XQUAD_QUESTIONS)
+    for lang in ("de", "en"):  # the same made-up rows under two languages (the loaders do not care)
+        write_jsonl_gz(root / "xquad" / "normalized" / lang / "corpus.jsonl.gz", XQUAD_CORPUS)
+        write_jsonl_gz(root / "xquad" / "normalized" / lang / "questions.jsonl.gz", XQUAD_QUESTIONS)
     scifact = root / "scifact"
     write_jsonl_gz(scifact / "corpus.jsonl.gz", SCIFACT_CORPUS)
     write_jsonl_gz(scifact / "queries.jsonl.gz", SCIFACT_QUERIES)

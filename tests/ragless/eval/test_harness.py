@@ -68,6 +68,25 @@ def test_retrieval_only_run_of_every_system(benchmark_data, corpus):
                                                                                for r in rows)
 
 
+def test_shared_embeddings_change_speed_not_results(benchmark_data):
+    base = dict(dataset="squad-v1.1", data=str(benchmark_data), corpus="articles", limit=0, retrieval_only=True,
+                systems=("workflow-dense", "ragless"), bootstrap=50)
+    alone = evaluate(EvalConfig(**base), progress=lambda _: None)["results"]
+    shared = evaluate(EvalConfig(**base, share_embeddings=True), progress=lambda _: None)["results"]
+    for a, s in zip(alone, shared):
+        assert [q["retrieved"] for q in a["per_question"]] == [q["retrieved"] for q in s["per_question"]]
+        assert a["metrics"]["peak_rss_mb"] > 100 and s["metrics"]["peak_rss_mb"] > 100  # sampled per system
+
+
+def test_one_segmenter_for_every_system(benchmark_data):
+    cfg = EvalConfig(dataset="squad-v1.1", data=str(benchmark_data), corpus="articles", limit=0, retrieval_only=True,
+                     systems=("workflow-bm25", "ragless"), bootstrap=50, segmenter="fixed-window")
+    results = evaluate(cfg, progress=lambda _: None)["results"]
+    assert {r["build"]["segmenter"] for r in results} == {"fixed-window"}
+    with pytest.raises(ValueError, match="articles"):
+        EvalConfig(corpus="gold", segmenter="fixed-window")
+
+
 def test_document_level_datasets(benchmark_data):
     for dataset in ("scifact", "spf-fr"):
         cfg = EvalConfig(dataset=dataset, data=str(benchmark_data), corpus="gold", limit=0, retrieval_only=True,

