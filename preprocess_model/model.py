@@ -3,8 +3,8 @@
 Input. A document is cut into units (`units.text_units`: lines, or the sentences of a long line). Each unit becomes a
 marker token followed by its word pieces; the marker says what separated the unit from the one before it (a line
 break, a blank line, or nothing: the next sentence of the same line), which is layout a reader would see and word
-pieces lose. Units are packed into windows of ``window_tokens`` that overlap by ``overlap_units`` units, so every unit
-is labelled from a window where it has context on both sides (the one where it sits most centrally).
+pieces lose. Units are packed into windows of ``window_tokens``; consecutive windows share about ``overlap_tokens``
+(at least one unit), and every unit is labelled from the window where it sits most centrally.
 
 Model. The MiniLM encoder of the wheel (all-MiniLM-L6-v2) with LoRA adapters on its linear layers, and a linear head
 on the hidden state of each unit's marker: four logits per unit. Only the adapters and the head are trained and saved;
@@ -19,6 +19,7 @@ the unit that the model rates most likely to begin a segment, among those that k
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -43,7 +44,7 @@ class SegmenterConfig:
 
     window_tokens: int = 256  # word pieces per window the encoder reads (MiniLM's trained length)
     unit_tokens: int = 48  # word pieces of one unit the model reads; the rest of a longer unit is not read
-    overlap_units: int = 6  # units repeated between consecutive windows, for context on both sides
+    overlap_tokens: int = 64  # tokens (whole units, at least one) repeated between windows: context on both sides
     max_segment_tokens: int = 224  # the retriever reads 256; title and section take the rest
     max_unit_chars: int = MAX_UNIT_CHARS  # longer lines are read as sentences
     lora_r: int = 16
@@ -108,7 +109,12 @@ def encode_document(text: str, tokenizer, cfg: SegmenterConfig, units: Sequence[
         doc.windows.append(Window(ids + [sep_id], idx, pos))
         if end >= len(units):
             break
-        start = max(start + 1, end - cfg.overlap_units)
+        # the next window starts with the last units of this one: at least one, up to overlap_tokens, and it advances
+        back, shared = end, 0
+        while back - 1 > start and (back == end or shared + len(per_unit[back - 1]) <= cfg.overlap_tokens):
+            back -= 1
+            shared += len(per_unit[back])
+        start = back
     return doc
 
 
@@ -261,13 +267,10 @@ class LearnedSegmenter:
         """``label``: how the manifest names the checkpoint (default: its path)."""
         self.checkpoint = Path(checkpoint)
         self.checkpoint_label = label or str(self.checkpoint)
-        self.model, self.tokenizer = SegmentationModel.load(self.checkpoint)
+        weights = self.checkpoint / "segmenter.safetensors"
+        self.model, self.tokenizer, self._fingerprint = _load_checkpoint(str(self.checkpoint.resolve()),
+                                                                         weights.stat().st_mtime_ns)
         self.batch_windows = batch_windows
-        from safetensors.torch import load_file
-
-        weights = load_file(str(self.checkpoint / "segmenter.safetensors"))
-        digest = torch.cat([w.flatten().float() for _, w in sorted(weights.items())])
-        self._fingerprint = f"{float(digest.sum()):.6e}/{float(digest.abs().sum()):.6e}/{digest.numel()}"
 
     def config(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint_label, "weights": self._fingerprint, **asdict(self.model.cfg)}
@@ -284,6 +287,17 @@ class LearnedSegmenter:
             spans = [(enc.units[g[0]][0], enc.units[g[-1]][1]) for g in groups]
             out.append(spans_to_segments(_with_headings(doc, [enc.units[h] for h in headings]), spans))
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _load_checkpoint(path: str, mtime_ns: int) -> tuple[SegmentationModel, Any, str]:
+    """(model, tokenizer, weights fingerprint) of a checkpoint, loaded once per process (and again if rewritten)."""
+    from safetensors.torch import load_file
+
+    model, tokenizer = SegmentationModel.load(path)
+    weights = load_file(str(Path(path) / "segmenter.safetensors"))
+    digest = torch.cat([w.flatten().float() for _, w in sorted(weights.items())])
+    return model, tokenizer, f"{float(digest.sum()):.6e}/{float(digest.abs().sum()):.6e}/{digest.numel()}"
 
 
 def _with_headings(doc: Document, predicted: list[Span]) -> Document:

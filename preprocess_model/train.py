@@ -46,7 +46,8 @@ class TrainConfig:
     warmup_steps: int = 50
     eval_every: int = 200  # held-out evaluation (and checkpoint) every this many steps
     save_every: int = 50  # resumable state every this many steps
-    heldout_docs: int = 200  # held-out rows evaluated (the first ones)
+    heldout_docs: int = 200  # held-out rows evaluated (the first ones) ...
+    heldout_units: int = 20_000  # ... until their units reach this many (a few long manuals would take minutes)
     max_windows_per_doc: int = 24  # a long manual does not outweigh a hundred short pages (0 = every window)
     seed: int = 0
 
@@ -57,9 +58,19 @@ class Example:
     labels: list[int]  # one per unit of the window
 
 
-def load_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+def load_rows(path: str | Path, limit: int | None = None, max_units: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a synthetic dataset: the first ``limit``, and only as many as keep the units within ``max_units``
+    (always at least one row)."""
     table = pq.read_table(path, columns=["doc_id", "text", "unit_starts", "unit_ends", "labels", "segment_starts"])
     rows = table.slice(0, limit).to_pylist() if limit else table.to_pylist()
+    if max_units:
+        kept, units = [], 0
+        for row in rows:
+            units += len(row["labels"])
+            if kept and units > max_units:
+                break
+            kept.append(row)
+        rows = kept
     return rows
 
 
@@ -151,7 +162,7 @@ def train_segmenter(
     (state_dir / "run.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=1))
 
     examples = make_examples(load_rows(train_path), tokenizer, model_cfg, cfg.max_windows_per_doc, cfg.seed)
-    heldout = load_rows(heldout_path, cfg.heldout_docs)
+    heldout = load_rows(heldout_path, cfg.heldout_docs, cfg.heldout_units)
     weights = _class_weights([lab for e in examples for lab in e.labels])
     loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=-100)
     log(f"{len(examples)} training windows, {len(heldout)} held-out documents, "

@@ -25,7 +25,7 @@ from preprocess_model.model import (
 from preprocess_model.train import TrainConfig, make_examples, train_segmenter
 from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, NOISE, text_units
 
-SMALL = SegmenterConfig(window_tokens=48, unit_tokens=12, overlap_units=2, max_segment_tokens=40, lora_r=4)
+SMALL = SegmenterConfig(window_tokens=48, unit_tokens=12, overlap_tokens=16, max_segment_tokens=40, lora_r=4)
 
 
 @pytest.fixture(scope="module")
