@@ -176,8 +176,9 @@ class SegmentationModel(nn.Module):
         (out / "config.json").write_text(json.dumps({"labels": list(LABELS), **asdict(self.cfg)}, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple[SegmentationModel, Any]:
-        """(model in eval mode, tokenizer) from a checkpoint folder written by `save`."""
+    def load(cls, path: str | Path, merge: bool = False) -> tuple[SegmentationModel, Any]:
+        """(model in eval mode, tokenizer) from a checkpoint folder written by `save`; ``merge`` folds the adapters
+        into the base weights (inference only: no adapter matmuls per layer, nothing left to train)."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -189,6 +190,8 @@ class SegmentationModel(nn.Module):
         if missing:
             raise ValueError(f"{path} holds weights this model does not have: {sorted(missing)[:3]} ...")
         model.load_state_dict(state, strict=False)
+        if merge:
+            model.encoder = model.encoder.merge_and_unload()
         return model.eval(), tokenizer
 
 
@@ -294,7 +297,7 @@ def _load_checkpoint(path: str, mtime_ns: int) -> tuple[SegmentationModel, Any, 
     """(model, tokenizer, weights fingerprint) of a checkpoint, loaded once per process (and again if rewritten)."""
     from safetensors.torch import load_file
 
-    model, tokenizer = SegmentationModel.load(path)
+    model, tokenizer = SegmentationModel.load(path, merge=True)
     weights = load_file(str(Path(path) / "segmenter.safetensors"))
     digest = torch.cat([w.flatten().float() for _, w in sorted(weights.items())])
     return model, tokenizer, f"{float(digest.sum()):.6e}/{float(digest.abs().sum()):.6e}/{digest.numel()}"
