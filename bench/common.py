@@ -76,3 +76,16 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def metric_cell(result: dict, metric: str) -> str:
+    """One table cell of a result's metric: the mean with its 95% interval, a latency in ms or s, else the value."""
+    value = result["metrics"].get(metric)
+    if value is None:
+        return ""
+    if metric in result["ci"]:
+        low, high = result["ci"][metric]
+        return f"{value:.3f} ({low:.2f}–{high:.2f})"
+    if metric.startswith("latency"):
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)

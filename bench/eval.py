@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, update_benchmarks_md  # noqa: E402
+from bench.common import RESULTS, machine, metric_cell, update_benchmarks_md  # noqa: E402
 from ragless.eval.datasets import XQUAD_LANGS  # noqa: E402
 from ragless.eval.harness import EvalConfig, evaluate, markdown  # noqa: E402
 
@@ -86,18 +86,6 @@ def run_plan(data: str, only: str | None, kind: str | None, force: bool) -> None
         print(markdown(report), file=sys.stderr)
 
 
-def _cell(result: dict, metric: str) -> str:
-    value = result["metrics"].get(metric)
-    if value is None:
-        return ""
-    if metric in result["ci"]:
-        low, high = result["ci"][metric]
-        return f"{value:.3f} ({low:.2f}–{high:.2f})"
-    if metric.startswith("latency"):
-        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
-
-
 def tables() -> str:
     reports = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
     if not reports:
@@ -113,7 +101,7 @@ def tables() -> str:
                  "|" + "---|" * (4 + len(cols))]
         for r in chosen:
             for res in r["results"]:
-                cells = [_cell(res, c) for c in cols]
+                cells = [metric_cell(res, c) for c in cols]
                 lines.append(f"| {res['dataset']} | {res['corpus']} | {res['n']} | {res['system']} | "
                              + " | ".join(cells) + " |")
                 for (ds, system, metric), (value, where) in REFERENCES.items():

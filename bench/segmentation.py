@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import markdown_table, save_results, update_benchmarks_md  # noqa: E402
+from bench.common import markdown_table, metric_cell, save_results, update_benchmarks_md  # noqa: E402
 from bench.ingest import write_corpus  # noqa: E402
 from ragless.components import CHECKPOINTS, SEGMENTER_CHECKPOINT  # noqa: E402
 from ragless.eval.harness import EvalConfig, evaluate  # noqa: E402
@@ -69,16 +69,6 @@ def ingest_rows(data: str, work: Path) -> list[dict]:
     return rows
 
 
-def _cell(row: dict, m: str) -> str:
-    v = row["metrics"].get(m)
-    if v is None:
-        return ""
-    if m in row["ci"]:
-        lo, hi = row["ci"][m]
-        return f"{v:.3f} ({lo:.2f}–{hi:.2f})"
-    return f"{v:.0f}" if m == "segments" else f"{v:.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data")
@@ -99,7 +89,8 @@ def main() -> None:
           held["cut_f1"]]])
     table = markdown_table(
         ["dataset", "n", "segmentation", "system", *METRICS],
-        [[r["dataset"], r["n"], r["segmentation"], r["system"], *(_cell(r, m) for m in METRICS)] for r in retrieval])
+        [[r["dataset"], r["n"], r["segmentation"], r["system"], *(metric_cell(r, m) for m in METRICS)]
+         for r in retrieval])
     fixed, learned = ingest
     ingest_table = markdown_table(
         ["segmenter", "documents", "segments", "job s", "segments/s", "peak RSS MB"],

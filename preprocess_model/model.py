@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from preprocess_model.config import SegmenterConfig
 from preprocess_model.document import Document, Segment, Span
 from preprocess_model.segmenting import spans_to_segments
-from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, LABELS, MAX_UNIT_CHARS, NOISE, text_units
+from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, LABELS, NOISE, text_units
 
 # Marker tokens: three of BERT's reserved "[unusedN]" word pieces, one per separator before a unit.
 AFTER_LINE, AFTER_BLANK, SAME_LINE = "[unused0]", "[unused1]", "[unused2]"
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """Everything that determines the model's cuts; saved with the checkpoint and recorded in the index manifest."""
-
-    window_tokens: int = 256  # word pieces per window the encoder reads (MiniLM's trained length)
-    unit_tokens: int = 48  # word pieces of one unit the model reads; the rest of a longer unit is not read
-    overlap_tokens: int = 64  # tokens (whole units, at least one) repeated between windows: context on both sides
-    max_segment_tokens: int = 224  # the retriever reads 256; title and section take the rest
-    max_unit_chars: int = MAX_UNIT_CHARS  # longer lines are read as sentences
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SegmenterConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
 @dataclass

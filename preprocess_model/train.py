@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.model import (
     SegmentationModel,
-    SegmenterConfig,
     Window,
     collate,
     decode,
@@ -35,21 +35,6 @@ from preprocess_model.model import (
     predict,
 )
 from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, LABELS, NOISE
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1200  # optimizer steps
-    batch_windows: int = 8  # windows per step
-    lr: float = 5e-4  # adapters and head
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    eval_every: int = 200  # held-out evaluation (and checkpoint) every this many steps
-    save_every: int = 50  # resumable state every this many steps
-    heldout_docs: int = 200  # held-out rows evaluated (the first ones) ...
-    heldout_units: int = 20_000  # ... until their units reach this many (a few long manuals would take minutes)
-    max_windows_per_doc: int = 24  # a long manual does not outweigh a hundred short pages (0 = every window)
-    seed: int = 0
 
 
 @dataclass
@@ -131,12 +116,13 @@ def train_segmenter(
     train_path: str | Path,
     heldout_path: str | Path,
     out: str | Path,
-    cfg: TrainConfig = TrainConfig(),
+    cfg: TrainConfig | None = None,
     model_cfg: SegmenterConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint to ``out``; returns the last evaluation."""
     out = Path(out)
+    cfg = cfg or TrainConfig()
     model_cfg = model_cfg or SegmenterConfig()
     state_dir = out / "state"
     torch.manual_seed(cfg.seed)

@@ -24,9 +24,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from preprocess_model.model import SegmenterConfig
+from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.readers import ReaderConfig
-from preprocess_model.train import TrainConfig
 from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig
 from ragless.components import DEFAULT_SEGMENTER, LEARNED
@@ -217,8 +216,7 @@ def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
-    from preprocess_model.model import SegmenterConfig
-    from preprocess_model.train import TrainConfig, train_segmenter
+    from preprocess_model.train import train_segmenter
 
     for path in (args.train, args.heldout):
         if not Path(path).is_file():
