@@ -13,6 +13,7 @@ from preprocess_model.units import MAX_UNIT_CHARS
 class SegmenterConfig:
     """Everything that determines the model's cuts; saved with the checkpoint and recorded in the index manifest."""
 
+    encoder_layers: int = 3  # the first layers of MiniLM that read the windows (all 6 cost twice the time)
     window_tokens: int = 256  # word pieces per window the encoder reads (MiniLM's trained length)
     unit_tokens: int = 48  # word pieces of one unit the model reads; the rest of a longer unit is not read
     overlap_tokens: int = 64  # tokens (whole units, at least one) repeated between windows: context on both sides

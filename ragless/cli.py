@@ -28,7 +28,7 @@ from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.readers import ReaderConfig
 from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig
-from ragless.components import DEFAULT_SEGMENTER, LEARNED
+from ragless.components import DEFAULT_SEGMENTER
 from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
@@ -50,7 +50,7 @@ def _quiet_libraries() -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from ragless.components import make_encoder, make_segmenter
+    from ragless.components import make_encoder, make_segmenter, segmenter_from_arg
     from ragless.ingest import IngestJob
     from ragless.store import read_manifest
 
@@ -61,10 +61,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         if manifest is not None and args.segmenter is None and not window_flags:
             recorded = manifest["components"]["segmenter"]  # an existing index keeps the segmenter that made it
             segmenter = make_segmenter(recorded["name"], recorded["config"])
-        elif args.segmenter and Path(args.segmenter, "config.json").is_file():  # a checkpoint folder one trained
-            segmenter = make_segmenter(LEARNED, {"checkpoint": str(Path(args.segmenter).resolve())})
         else:
-            segmenter = make_segmenter(args.segmenter or DEFAULT_SEGMENTER, window_flags or None)
+            segmenter = segmenter_from_arg(args.segmenter or DEFAULT_SEGMENTER, window_flags or None)
     except ValueError as e:
         raise UsageError(f"ragless ingest: {e}") from None
     job = IngestJob(args.index, segmenter, make_encoder(), config)
@@ -161,7 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ragless.eval.harness import EvalConfig, compare, evaluate, markdown, markdown_compare
 
     try:
-        cfg = from_args(EvalConfig, args)
+        cfg = from_args(EvalConfig, args, segmenter_config=given_fields(FixedWindowConfig, args) or None)
     except ValueError as e:
         raise UsageError(f"ragless eval: {e}") from None
     try:
@@ -268,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compact)
 
     p = sub.add_parser("eval", help="score systems side by side on a public benchmark")
-    add_dataclass_args(p, EvalConfig)
+    add_dataclass_args(p, EvalConfig, skip=("segmenter_config",))
+    add_dataclass_args(p, FixedWindowConfig)  # with --segmenter fixed-window: its window
     p.add_argument("--out", help="write the JSON report here (and the table next to it as .md)")
     p.add_argument("--compare", action="store_true", help="paired bootstrap of each system against the first")
     p.set_defaults(func=_cmd_eval)

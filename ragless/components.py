@@ -49,6 +49,16 @@ def make_segmenter(name: str = DEFAULT_SEGMENTER, config: dict[str, Any] | None 
     raise ValueError(f"unknown segmenter {name!r}; known: {FixedWindowSegmenter.name}, {LEARNED}")
 
 
+def segmenter_from_arg(arg: str, config: dict[str, Any] | None = None) -> Segmenter:
+    """The segmenter a command line names: ``fixed-window``, ``learned`` (the shipped checkpoint) or the folder of a
+    checkpoint one trained; ``config`` sets the fixed windows (``window_chars``, ``overlap_chars``)."""
+    if arg != FixedWindowSegmenter.name and config:
+        raise ValueError(f"window settings ({', '.join(config)}) apply to the fixed-window segmenter, not {arg!r}")
+    if arg not in (FixedWindowSegmenter.name, LEARNED) and Path(arg, "config.json").is_file():
+        return make_segmenter(LEARNED, {"checkpoint": str(Path(arg).resolve())})
+    return make_segmenter(arg, config)
+
+
 def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None) -> Encoder:
     if name != Encoder.name:
         raise ValueError(f"unknown encoder {name!r}; known: {Encoder.name}")

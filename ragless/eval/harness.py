@@ -43,11 +43,14 @@ class EvalConfig:
     retrieval_only: bool = False  # skip generation: retrieval and segmentation metrics alone
     bootstrap: int = 1000  # resamples for the confidence intervals
     share_embeddings: bool = False  # systems with the same encoder embed the corpus once (faster; build times lie)
-    segmenter: str = ""  # articles mode: every system cuts with this one (fixed-window, learned); "": each its own
+    segmenter: str = ""  # articles mode: every system cuts with this one (fixed-window, learned, a checkpoint folder)
+    segmenter_config: dict[str, Any] | None = None  # fixed-window: window_chars, overlap_chars
 
     def __post_init__(self) -> None:
         if self.corpus not in CORPUS_MODES:
             raise ValueError(f"corpus must be one of {CORPUS_MODES}, got {self.corpus!r}")
+        if self.segmenter_config and not self.segmenter:
+            raise ValueError("segmenter_config needs a segmenter")
         if self.segmenter and self.corpus == "gold":
             raise ValueError("--segmenter applies to corpus mode articles (gold mode gives every system the passages)")
         unknown = set(self.systems) - set(SYSTEMS)
@@ -152,9 +155,9 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, enc
     if cfg.corpus == "gold":
         segmenter = PassageSegmenter(evalset.passages)
     elif cfg.segmenter:
-        from ragless.components import make_segmenter
+        from ragless.components import segmenter_from_arg
 
-        segmenter = make_segmenter(cfg.segmenter)
+        segmenter = segmenter_from_arg(cfg.segmenter, cfg.segmenter_config)
     else:
         segmenter = default_segmenter(system)
     build = {**system.build(evalset.documents, segmenter), "segmenter": segmenter.name}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import json
 
 import pytest
@@ -85,6 +87,17 @@ def test_one_segmenter_for_every_system(benchmark_data):
     assert {r["build"]["segmenter"] for r in results} == {"fixed-window"}
     with pytest.raises(ValueError, match="articles"):
         EvalConfig(corpus="gold", segmenter="fixed-window")
+    # the fixed windows' size is a setting of the run (the segmentation benchmark matches the learned mean length)
+    short = evaluate(EvalConfig(**{**asdict(cfg), "systems": ("workflow-bm25",),
+                                   "segmenter_config": {"window_chars": 40, "overlap_chars": 8}}),
+                     progress=lambda _: None)["results"][0]
+    assert short["metrics"]["segments"] > results[0]["metrics"]["segments"]
+    assert short["metrics"]["mean_segment_chars"] <= 40 < results[0]["metrics"]["mean_segment_chars"]
+    with pytest.raises(ValueError, match="needs a segmenter"):
+        EvalConfig(segmenter_config={"window_chars": 1024})
+    with pytest.raises(ValueError, match="apply to the fixed-window segmenter"):
+        evaluate(EvalConfig(**{**asdict(cfg), "segmenter": "learned", "segmenter_config": {"window_chars": 9}}),
+                 progress=lambda _: None)
 
 
 def test_document_level_datasets(benchmark_data):
@@ -110,6 +123,16 @@ def test_cli_contract(benchmark_data, tmp_path, capsys):
     assert main(["eval", "--dataset", "nope", "--data", str(benchmark_data), "--retrieval-only"]) == 2
     assert main(["eval", "--corpus", "pages", "--data", str(benchmark_data)]) == 2
     assert main(["eval", "--data", str(tmp_path / "missing"), "--retrieval-only"]) == 2
+    # fixed windows of another size, recorded in the report; window flags with another segmenter are refused
+    small = tmp_path / "eval" / "small.json"
+    assert main(["eval", "--dataset", "squad-v2.0", "--data", str(benchmark_data), "--systems", "workflow-bm25",
+                 "--limit", "2", "--retrieval-only", "--segmenter", "fixed-window", "--window-chars", "40",
+                 "--overlap-chars", "8", "--out", str(small)]) == 0
+    report = json.loads(small.read_text())
+    assert report["config"]["segmenter_config"] == {"window_chars": 40, "overlap_chars": 8}
+    assert report["results"][0]["metrics"]["mean_segment_chars"] <= 40
+    assert main(["eval", "--data", str(benchmark_data), "--retrieval-only", "--segmenter", "learned",
+                 "--window-chars", "40"]) == 2
 
 
 @pytest.mark.slow
