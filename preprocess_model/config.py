@@ -18,6 +18,7 @@ class SegmenterConfig:
     unit_tokens: int = 48  # word pieces of one unit the model reads; the rest of a longer unit is not read
     overlap_tokens: int = 64  # tokens (whole units, at least one) repeated between windows: context on both sides
     max_segment_tokens: int = 224  # the retriever reads 256; title and section take the rest
+    min_fill: float = 0.5  # a cut keeps at least this fraction of max_segment_tokens (the fixed windows' rule)
     max_unit_chars: int = MAX_UNIT_CHARS  # longer lines are read as sentences
     lora_r: int = 16
     lora_alpha: int = 32

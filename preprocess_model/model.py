@@ -12,12 +12,14 @@ adapters and the head are trained and saved; the base weights always come from t
 
 Decoding (`LearnedSegmenter`). Units labelled ``heading`` or ``noise`` delimit runs of content: a heading ends the run
 before it and becomes the section path of the segments after it; noise is left out of every segment (a segment is a
-contiguous span of the document, so noise inside a paragraph splits it in two). A run is cut only as much as the
-retriever needs: a run within ``max_segment_tokens`` word pieces is one segment; a longer one is cut before the unit
-the model rates most likely to begin a segment (its ``boundary`` probability), and each part again, until every part
-fits. Where to cut is learned; how long a segment may be is a fact about the retriever. (Cutting at every unit
-labelled ``boundary`` instead, one segment per paragraph, was measured and loses: French administrative pages become
-one- and two-line segments that neither BM25 nor MiniLM retrieves well; see BENCHMARKS.md.)
+contiguous span of the document, so noise inside a paragraph splits it in two). A run is cut into segments as long as
+the retriever reads well: a run within ``max_segment_tokens`` word pieces is one segment; a longer one is filled from
+its start up to the limit and cut before the unit the model rates most likely to begin a segment (its ``boundary``
+probability), among the cuts that keep at least ``min_fill`` of the limit, and so on to the run's end. The length
+rule is the fixed-window baseline's (fill a window, end it at the best break in its last part, at least half of it);
+what is learned is where the breaks are and which ones are best. (Cutting at every unit labelled ``boundary``, one
+segment per paragraph, was measured and loses on French administrative pages, whose one- and two-line paragraphs
+neither BM25 nor MiniLM retrieves well; see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def predict(
 
 
 def decode(
-    probs: np.ndarray, token_counts: Sequence[int], max_segment_tokens: int
+    probs: np.ndarray, token_counts: Sequence[int], max_segment_tokens: int, min_fill: float = 0.5
 ) -> tuple[list[list[int]], list[int]]:
     """(segments as lists of unit indices, heading unit indices) from label probabilities; see the module docstring."""
     labels = probs.argmax(-1)
@@ -224,27 +226,34 @@ def decode(
     segments: list[list[int]] = []
     for run in runs:
         if run:
-            _split_to_fit(run, probs[:, BOUNDARY], token_counts, max_segment_tokens, segments)
+            segments += _fill(run, probs[:, BOUNDARY], token_counts, max_segment_tokens, min_fill)
     return segments, headings
 
 
-def _split_to_fit(units: list[int], strength: np.ndarray, counts: Sequence[int], limit: int,
-                  out: list[list[int]]) -> None:
-    """Append ``units`` to ``out`` as one segment if they fit ``limit`` word pieces; else cut before the unit with the
-    highest ``strength`` (the most central one among equals) and split each part the same way, in document order. A
-    single unit longer than the limit stays whole (the retriever reads its beginning)."""
-    idx = np.asarray(units)
-    size = np.concatenate([[0], np.cumsum([counts[u] for u in units])])  # size[j] - size[i]: tokens of units[i:j]
-    stack = [(0, len(units))]
-    while stack:
-        a, b = stack.pop()
-        if b - a == 1 or size[b] - size[a] <= limit:
-            out.append(units[a:b])
-            continue
-        s = strength[idx[a + 1 : b]]
-        ties = np.flatnonzero(s == s.max()) + 1  # cut before units[a + c]
-        c = int(ties[np.argmin(np.abs(2 * ties - (b - a)))])
-        stack += [(a + c, b), (a, a + c)]  # the first part is popped (and emitted) first
+def _fill(units: list[int], strength: np.ndarray, counts: Sequence[int], limit: int,
+          min_fill: float) -> list[list[int]]:
+    """``units`` cut into consecutive parts of at most ``limit`` word pieces: each part is filled up to the limit and
+    ends before the unit of highest ``strength`` (the later one among equals) among those that keep it at least
+    ``min_fill * limit`` long (the last unit that fits if none does). A unit longer than the limit stays whole."""
+    out: list[list[int]] = []
+    n, a = len(units), 0
+    while a < n:
+        size, b = counts[units[a]], a + 1  # units[a:b] fit (a single unit always "fits")
+        while b < n and size + counts[units[b]] <= limit:
+            size += counts[units[b]]
+            b += 1
+        if b == n:
+            out.append(units[a:])
+            break
+        candidates, filled = [], 0
+        for c in range(a + 1, b + 1):  # cut before units[c]
+            filled += counts[units[c - 1]]
+            if filled >= min_fill * limit:
+                candidates.append(c)
+        cut = max(candidates or [b], key=lambda c: (strength[units[c]], c))
+        out.append(units[a:cut])
+        a = cut
+    return out
 
 
 class LearnedSegmenter:
@@ -272,7 +281,8 @@ class LearnedSegmenter:
     def segment(self, docs: Sequence[Document]) -> list[list[Segment]]:
         out = []
         for doc, (enc, probs) in zip(docs, self.label(docs)):
-            groups, headings = decode(probs, enc.unit_token_counts, self.model.cfg.max_segment_tokens)
+            groups, headings = decode(probs, enc.unit_token_counts, self.model.cfg.max_segment_tokens,
+                                      self.model.cfg.min_fill)
             spans = [(enc.units[g[0]][0], enc.units[g[-1]][1]) for g in groups]
             out.append(spans_to_segments(_with_headings(doc, [enc.units[h] for h in headings]), spans))
         return out

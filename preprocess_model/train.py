@@ -100,7 +100,7 @@ def evaluate_segmenter(model: SegmentationModel, tokenizer, rows: Sequence[dict[
                                              int((pred == label).sum()), int((gold == label).sum()))
     hit = n_pred = n_gold = 0
     for row, enc, p in zip(rows, encoded, probs):
-        groups, _ = decode(p, enc.unit_token_counts, model.cfg.max_segment_tokens)
+        groups, _ = decode(p, enc.unit_token_counts, model.cfg.max_segment_tokens, model.cfg.min_fill)
         labels = p.argmax(-1)
         # a paragraph that goes on after a noise line (a page footer) is one gold segment: its second part is no cut
         starts = {enc.units[g[0]][0] for g in groups
@@ -187,8 +187,10 @@ def train_segmenter(
                 f.write(json.dumps(last) + "\n")
             model.save(out)
             log(json.dumps(last))
-    if not last:  # nothing left to train: report the checkpoint as it is
-        last = {"step": step, **evaluate_segmenter(model, tokenizer, heldout)}
+    if not last:  # nothing left to train: re-evaluate the checkpoint as the code decodes now, and log it
+        last = {"step": step, "reevaluated": True, **evaluate_segmenter(model, tokenizer, heldout)}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(last) + "\n")
         model.save(out)
     return last
 

@@ -63,7 +63,7 @@ def test_kernel_is_this_interpreter(tmp_path):
 def test_notebooks_are_committed_without_outputs_and_compile():
     """Small diffs, and a syntax error in a slow notebook shows up in the fast tests too."""
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["answer_quality", "languages", "latency", "retrieval_quality"]
+    assert names == ["answer_quality", "languages", "latency", "retrieval_quality", "segmentation"]
     for name in names:
         nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
         for i, cell in enumerate(nb["cells"]):
@@ -80,6 +80,11 @@ def test_retrieval_quality(tmp_path, monkeypatch):
 def test_languages(tmp_path, monkeypatch):
     out = run_notebook("languages", tmp_path, monkeypatch, ALL_SYSTEMS)  # the tiny folder holds xquad "de" and "en"
     assert_pngs(out, {"languages_recall5_ndcg10.png"})
+
+
+def test_segmentation(tmp_path, monkeypatch):
+    out = run_notebook("segmentation", tmp_path, monkeypatch, ALL_SYSTEMS)  # the shipped segmenter on tiny pages
+    assert_pngs(out, {"segmentation_lengths.png", "segmentation_cuts.png"})
 
 
 @pytest.mark.slow

@@ -66,35 +66,35 @@ def test_windows_cover_every_unit_with_markers_and_context(base):
     assert first.input_ids[first.markers[1]] == tokenizer.convert_tokens_to_ids(AFTER_BLANK)  # after "Title\n\n"
 
 
-def test_decode_cuts_runs_only_to_fit_the_retriever_and_there_at_the_likeliest_boundaries():
+def test_decode_fills_segments_to_the_limit_and_cuts_at_the_likeliest_boundary_of_their_last_part():
     labels = [HEADING, BOUNDARY, CONTINUE, NOISE, CONTINUE, BOUNDARY, CONTINUE, CONTINUE, CONTINUE]
     segments, headings = decode(one_hot(labels), [5] * len(labels), max_segment_tokens=100)
     assert headings == [0]
     # headings and noise end runs; a run that fits is one segment, whatever boundaries it holds
     assert segments == [[1, 2], [4, 5, 6, 7, 8]]
-    # the run 4..8 has 5+5+10+10+10 = 40 tokens over a limit of 25: cut before its likeliest boundary (unit 7,
-    # 0.6), then 4..6 (20 tokens) fits and 7..8 (20) fits
-    scores = [0.0, 0.9, 0.1, 0.3, 0.0, 0.5, 0.2, 0.6, 0.1]
-    segments, _ = decode(one_hot(labels, scores), [5, 5, 5, 5, 5, 10, 10, 10, 10], max_segment_tokens=25)
-    assert segments == [[1, 2], [4, 5, 6], [7, 8]]
-    # parts that still do not fit are cut again at their own likeliest boundary; segments stay in document order
-    segments, _ = decode(one_hot([CONTINUE] * 6, [0.0, 0.3, 0.9, 0.2, 0.8, 0.1]), [10] * 6, max_segment_tokens=20)
-    assert segments == [[0, 1], [2, 3], [4, 5]]
-    # equal scores: the most central cut (balanced parts)
-    segments, _ = decode(one_hot([CONTINUE] * 4, [0.5] * 4), [10] * 4, max_segment_tokens=20)
-    assert segments == [[0, 1], [2, 3]]
+    # ten units of 10 tokens, limit 40, min fill 0.5: each segment takes 2 to 4 units and ends before the likeliest
+    # boundary among those cuts (0.9 before unit 3: [0, 1, 2]; then 0.8 before unit 5: [3, 4]; then [5..8] fits
+    # up to unit 9, whose cut options 7, 8, 9 score 0.1, 0.1, 0.1: the later one among equals)
+    scores = [0.0, 0.3, 0.2, 0.9, 0.1, 0.8, 0.2, 0.1, 0.1, 0.1]
+    segments, _ = decode(one_hot([CONTINUE] * 10, scores), [10] * 10, max_segment_tokens=40)
+    assert segments == [[0, 1, 2], [3, 4], [5, 6, 7, 8], [9]]
+    # a cut is never placed where it would leave less than min_fill of the limit, however likely
+    scores = [0.0, 0.99, 0.1, 0.2, 0.1, 0.1]
+    segments, _ = decode(one_hot([CONTINUE] * 6, scores), [10] * 6, max_segment_tokens=40, min_fill=0.5)
+    assert segments == [[0, 1, 2], [3, 4, 5]]
+    segments, _ = decode(one_hot([CONTINUE] * 6, scores), [10] * 6, max_segment_tokens=40, min_fill=0.0)
+    assert segments == [[0], [1, 2], [3, 4, 5]]  # without a floor the 0.99 cut makes a one-unit segment
     # a single unit over the limit stays whole
     segments, _ = decode(one_hot([BOUNDARY, CONTINUE]), [50, 5], max_segment_tokens=25)
     assert segments == [[0], [1]]
 
 
-def test_decode_handles_a_long_unstructured_run_without_recursion():
-    n = 20_000  # a book with no headings: cuts found iteratively, every unit kept once, in order
+def test_decode_handles_a_long_unstructured_run():
+    n = 20_000  # a book with no headings: every unit kept once, in order, every segment within the limit
     rng = np.random.default_rng(0)
-    probs = one_hot([CONTINUE] * n, list(rng.random(n)))
-    segments, _ = decode(probs, [7] * n, max_segment_tokens=100)
+    segments, _ = decode(one_hot([CONTINUE] * n, list(rng.random(n))), [7] * n, max_segment_tokens=100)
     assert [u for s in segments for u in s] == list(range(n))
-    assert all(7 * len(s) <= 100 for s in segments)
+    assert all(50 <= 7 * len(s) <= 100 for s in segments[:-1])
 
 
 def save_untrained(tmp_path, base, cfg: SegmenterConfig = SMALL):
