@@ -7,6 +7,10 @@ rebuilt from all reports present, with the published reference numbers that vali
     python bench/eval.py --data ../shared/data                       # the whole plan (resumable)
     python bench/eval.py --data ../shared/data --only scifact        # entries whose dataset starts with "scifact"
     python bench/eval.py --data ../shared/data --kind retrieval      # the retrieval-only entries
+    python bench/eval.py --data ../shared/data --systems ragless --force   # re-run one system, keep the others
+
+With ``--systems``, only those systems are run and their results replace theirs in each entry's existing report (the
+other systems' results stay as they were measured); every result records the commit and date of its own run.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, metric_cell, update_benchmarks_md  # noqa: E402
+from bench.common import RESULTS, git_commit, machine, metric_cell, update_benchmarks_md  # noqa: E402
 from ragless.eval.datasets import XQUAD_LANGS  # noqa: E402
 from ragless.eval.harness import EvalConfig, evaluate, markdown  # noqa: E402
 
@@ -63,7 +67,7 @@ def command(dataset: str, corpus: str, limit: int, retrieval_only: bool) -> str:
             f"{flags} --out bench/results/eval/{report_path(dataset, corpus, retrieval_only).name}")
 
 
-def run_plan(data: str, only: str | None, kind: str | None, force: bool) -> None:
+def run_plan(data: str, only: str | None, kind: str | None, force: bool, systems: tuple[str, ...] = ()) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for dataset, corpus, limit, retrieval_only in PLAN:
         if (only and not dataset.startswith(only)) or (kind and (kind == "retrieval") != retrieval_only):
@@ -72,18 +76,43 @@ def run_plan(data: str, only: str | None, kind: str | None, force: bool) -> None
         if path.exists() and not force:
             print(f"have {path.name}", file=sys.stderr)
             continue
-        cfg = EvalConfig(dataset=dataset, data=data, corpus=corpus, limit=limit, retrieval_only=retrieval_only)
+        cfg = EvalConfig(dataset=dataset, data=data, corpus=corpus, limit=limit, retrieval_only=retrieval_only,
+                         **({"systems": systems} if systems else {}))
         t0 = time.perf_counter()
         report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr))
-        report["command"] = command(dataset, corpus, limit, retrieval_only)
-        report["machine"] = machine()
-        report["wall_s"] = round(time.perf_counter() - t0, 1)
+        wall = round(time.perf_counter() - t0, 1)
+        run = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "wall_s": wall}
         for result in report["results"]:  # per-question rows stay out of the repository (megabytes); `ragless eval
             result.pop("per_question")  # --out` keeps them for whoever wants them
+            result["run"] = run
+        if systems and path.exists():  # one system re-run: the others keep the results they were measured with
+            old = json.loads(path.read_text())
+            new = {r["system"]: r for r in report["results"]}
+            old["results"] = [new.pop(r["system"], r) for r in old["results"]] + list(new.values())
+            old["wall_s"] = round(old["wall_s"] + wall, 1)
+            report = old
+        else:
+            report["command"] = command(dataset, corpus, limit, retrieval_only)
+            report["machine"] = machine()
+            report["wall_s"] = wall
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, ensure_ascii=False))
         tmp.replace(path)  # a report is whole or absent, so an interrupted plan resumes cleanly
         print(markdown(report), file=sys.stderr)
+
+
+def _reruns(report: dict) -> str:
+    """Which systems of a report were re-run on their own (``--systems``) after the run its command names."""
+    def key(res: dict) -> tuple[str, str]:
+        run = res.get("run", {})  # reports written before runs were recorded per result have none
+        return run.get("commit", ""), run.get("date", "")
+
+    first = key(report["results"][0])
+    later: dict[tuple[str, str], list[str]] = {}
+    for res in report["results"]:
+        if key(res) != first:
+            later.setdefault(key(res), []).append(res["system"])
+    return "".join(f"; {', '.join(systems)} re-run at commit {c} ({d})" for (c, d), systems in later.items())
 
 
 def tables() -> str:
@@ -109,7 +138,7 @@ def tables() -> str:
                         ref = [f"**{value:.3f}** ({where})" if c == metric else "" for c in cols]
                         lines.append(f"| {ds} | published | | {system} | " + " | ".join(ref) + " |")
         lines += ["", "Commands (one per row group, seed 0):", ""]
-        lines += [f"- `{r['command']}` ({r['wall_s']:.0f} s)" for r in chosen]
+        lines += [f"- `{r['command']}` ({r['wall_s']:.0f} s){_reruns(r)}" for r in chosen]
         parts.append("\n".join(lines))
     m = reports[0]["machine"]
     head = (
@@ -135,10 +164,12 @@ def main() -> None:
     parser.add_argument("--only", help="run only plan entries whose dataset starts with this")
     parser.add_argument("--kind", choices=("retrieval", "answers"), help="run only retrieval or only answer entries")
     parser.add_argument("--force", action="store_true", help="re-run entries that already have a report")
+    parser.add_argument("--systems", default="", help="run only these systems (comma-separated) and merge their "
+                        "results into the existing reports")
     parser.add_argument("--tables-only", action="store_true", help="rebuild BENCHMARKS.md from existing reports")
     args = parser.parse_args()
     if not args.tables_only:
-        run_plan(args.data, args.only, args.kind, args.force)
+        run_plan(args.data, args.only, args.kind, args.force, tuple(s for s in args.systems.split(",") if s))
     update_benchmarks_md("eval", tables())
 
 
