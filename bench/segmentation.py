@@ -4,9 +4,9 @@ For each dataset, the same two retrievers (``workflow-bm25``, ``workflow-dense``
 by the fixed-window baseline (512 characters, 64 overlap), cut by the shipped learned segmenter (corpus mode
 ``articles``), cut by fixed windows as long as the learned segments are on average (so that a win is not only a matter
 of length), by the checkpoint trained without the French pages (spf-fr only: its zero-shot regime), and the
-benchmark's own paragraphs (corpus mode ``gold``, the oracle). What changes between rows is only the segmentation. Then ingestion
-throughput and peak RSS of `ragless ingest` with each segmenter on the same corpus (SQuAD v1.1 dev paragraphs), and
-the checkpoint's held-out synthetic scores from its training log.
+benchmark's own paragraphs (corpus mode ``gold``, the oracle). What changes between rows is only the segmentation.
+Then ingestion throughput and peak RSS of `ragless ingest` with each segmenter on the same corpus (SQuAD v1.1 dev
+paragraphs), and the checkpoint's held-out synthetic scores from its training log.
 
     python bench/segmentation.py --data ../shared/data           # writes bench/results/segmentation.json, BENCHMARKS.md
 """
@@ -56,7 +56,7 @@ def retrieval_rows(data: str) -> list[dict]:
     rows = []
     for dataset, limit, regime in DATASETS:
         def run(label: str, corpus: str = "articles", segmenter: str = "", window: dict | None = None,
-                why: str = regime) -> list[dict]:
+                why: str = regime, dataset: str = dataset, limit: int = limit) -> list[dict]:
             cfg = EvalConfig(dataset=dataset, data=data, systems=SYSTEMS, corpus=corpus, limit=limit, seed=0,
                              retrieval_only=True, segmenter=segmenter, segmenter_config=window)
             return _rows(cfg, dataset, why, label)

@@ -27,7 +27,7 @@ from pathlib import Path
 from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.readers import ReaderConfig
 from ragless.ask import AskConfig
-from ragless.baselines import FixedWindowConfig
+from ragless.baselines import FixedWindowConfig, FixedWindowSegmenter
 from ragless.components import DEFAULT_SEGMENTER
 from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
@@ -62,7 +62,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             recorded = manifest["components"]["segmenter"]  # an existing index keeps the segmenter that made it
             segmenter = make_segmenter(recorded["name"], recorded["config"])
         else:
-            segmenter = segmenter_from_arg(args.segmenter or DEFAULT_SEGMENTER, window_flags or None)
+            # window flags alone mean the fixed-window baseline with that window
+            default = FixedWindowSegmenter.name if window_flags else DEFAULT_SEGMENTER
+            segmenter = segmenter_from_arg(args.segmenter or default, window_flags or None)
     except ValueError as e:
         raise UsageError(f"ragless ingest: {e}") from None
     job = IngestJob(args.index, segmenter, make_encoder(), config)

