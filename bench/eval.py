@@ -89,11 +89,7 @@ def run_plan(data: str, only: str | None, kind: str | None, force: bool, systems
             result.pop("per_question")  # --out` keeps them for whoever wants them
             result["run"] = run
         if systems and path.exists():  # one system re-run: the others keep the results they were measured with
-            old = json.loads(path.read_text())
-            new = {r["system"]: r for r in report["results"]}
-            old["results"] = [new.pop(r["system"], r) for r in old["results"]] + list(new.values())
-            old["wall_s"] = round(old["wall_s"] + wall, 1)
-            report = old
+            report = merge(json.loads(path.read_text()), report["results"], wall)
         else:
             report["command"] = command(dataset, corpus, limit, retrieval_only)
             report["machine"] = machine()
@@ -102,6 +98,13 @@ def run_plan(data: str, only: str | None, kind: str | None, force: bool, systems
         tmp.write_text(json.dumps(report, ensure_ascii=False))
         tmp.replace(path)  # a report is whole or absent, so an interrupted plan resumes cleanly
         print(markdown(report), file=sys.stderr)
+
+
+def merge(report: dict, results: list[dict], wall_s: float) -> dict:
+    """``report`` with ``results`` in place of its results of the same systems (new systems appended), in order."""
+    new = {r["system"]: r for r in results}
+    merged = [new.pop(r["system"], r) for r in report["results"]] + list(new.values())
+    return {**report, "results": merged, "wall_s": round(report["wall_s"] + wall_s, 1)}
 
 
 def _reruns(report: dict) -> str:

@@ -43,8 +43,10 @@ def write_corpus(data: Path, out: Path, replicas: int) -> int:
 
 
 def run_ingest(corpus: Path, index: Path, report: Path) -> dict:
+    # the store's throughput and memory against the encoder alone: the fixed windows cost nothing to compute (the
+    # learned segmenter's cost is measured in bench/segmentation.py)
     cmd = [sys.executable, "-m", "ragless.cli", "ingest", str(corpus), "--index", str(index), "--report", str(report),
-           "--quiet"]
+           "--segmenter", "fixed-window", "--quiet"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0

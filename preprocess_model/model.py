@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +146,9 @@ class SegmentationModel(nn.Module):
         encoder.config.num_hidden_layers = cfg.encoder_layers
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), bias="none")
-        self.encoder = get_peft_model(encoder, lora)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            self.encoder = get_peft_model(encoder, lora)
         hidden = encoder.config.hidden_size
         self.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, len(LABELS)))
 
