@@ -274,9 +274,7 @@ class LearnedSegmenter:
         self.batch_windows = batch_windows
 
     def config(self) -> dict[str, Any]:
-        """As the manifest stores it (JSON: tuples are lists), so that a reopened index compares equal."""
-        cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.model.cfg).items()}
-        return {"checkpoint": self.checkpoint_label, "weights": self._fingerprint, **cfg}
+        return {"checkpoint": self.checkpoint_label, "weights": self._fingerprint, **asdict(self.model.cfg)}
 
     def label(self, docs: Sequence[Document]) -> list[tuple[EncodedDoc, np.ndarray]]:
         """Each document's units and their label probabilities."""

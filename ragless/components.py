@@ -6,6 +6,7 @@ components from that record, and a writer refuses to mix components into an inde
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,9 @@ def make_segmenter(name: str = DEFAULT_SEGMENTER, config: dict[str, Any] | None 
 
         checkpoint = (config or {}).get("checkpoint", SEGMENTER_CHECKPOINT)
         segmenter = LearnedSegmenter(checkpoint_path(checkpoint), label=checkpoint)
-        if config and "weights" in config and segmenter.config() != config:
+        if config and "weights" in config and stored(segmenter.config()) != config:
             raise ValueError(
-                f"the index was cut by segmenter {config}, this install has {segmenter.config()}: re-ingest"
+                f"the index was cut by segmenter {config}, this install has {stored(segmenter.config())}: re-ingest"
             )
         return segmenter
     raise ValueError(f"unknown segmenter {name!r}; known: {FixedWindowSegmenter.name}, {LEARNED}")
@@ -64,11 +65,17 @@ def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None)
     return Encoder(EncoderConfig(model_dir=config.get("model_dir"), max_tokens=config.get("max_tokens", 256)))
 
 
+def stored(config: dict[str, Any]) -> dict[str, Any]:
+    """A component's config as the manifest holds it (JSON: tuples become lists), so that it compares equal to the
+    record an index was made with."""
+    return json.loads(json.dumps(config))
+
+
 def describe(segmenter: Segmenter, encoder: Encoder) -> dict[str, Any]:
     """The record of both components, as the manifest stores it."""
     return {
-        "segmenter": {"name": segmenter.name, "config": segmenter.config()},
-        "encoder": {"name": encoder.name, "config": encoder.config()},
+        "segmenter": {"name": segmenter.name, "config": stored(segmenter.config())},
+        "encoder": {"name": encoder.name, "config": stored(encoder.config())},
     }
 
 
@@ -76,7 +83,7 @@ def encoder_for(manifest: dict[str, Any]) -> Encoder:
     """The encoder that made an index's vectors, rebuilt from its manifest; an error if this install differs."""
     recorded = manifest["components"]["encoder"]
     encoder = make_encoder(recorded["name"], recorded["config"])
-    if encoder.config() != recorded["config"]:
+    if stored(encoder.config()) != recorded["config"]:
         raise ValueError(
             f"the index's vectors were made by {recorded['config']}, this install has {encoder.config()}: re-ingest"
         )
