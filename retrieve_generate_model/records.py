@@ -19,6 +19,9 @@ class Source:
     source: str = ""  # the document's source (path), for display
     title: str = ""
     section: str = ""
+    # the retriever's probability of this segment, normalized over the whole memory (exp(scale*score - log_z));
+    # None where the system does not compute one (the workflow baselines)
+    weight: float | None = None
 
 
 @dataclass

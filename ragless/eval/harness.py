@@ -22,7 +22,14 @@ import psutil
 
 from ragless.eval import metrics as M
 from ragless.eval.datasets import EvalQuestion, EvalSet, load
-from ragless.eval.systems import SYSTEMS, PassageSegmenter, SharedEmbeddings, default_segmenter, make_system
+from ragless.eval.systems import (
+    SYSTEMS,
+    PassageSegmenter,
+    SharedEmbeddings,
+    check_system_name,
+    default_segmenter,
+    make_system,
+)
 from retrieve_generate_model.records import Answer, Source
 
 CORPUS_MODES = ("gold", "articles")
@@ -53,9 +60,10 @@ class EvalConfig:
             raise ValueError("segmenter_config needs a segmenter")
         if self.segmenter and self.corpus == "gold":
             raise ValueError("--segmenter applies to corpus mode articles (gold mode gives every system the passages)")
-        unknown = set(self.systems) - set(SYSTEMS)
-        if unknown or not self.systems:
-            raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
+        if not self.systems:
+            raise ValueError(f"no systems; known: {', '.join(SYSTEMS)}, ragless@CHECKPOINT")
+        for name in self.systems:
+            check_system_name(name)
 
 
 @dataclass
@@ -142,16 +150,32 @@ class PeakRSS:
         self._sample()
 
 
-def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, encoder=None) -> SystemResult:
+def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None) -> SystemResult:
+    """``answerers``: a `Answerers` (or a single answerer for every system); None when retrieval only."""
     with PeakRSS() as rss:
-        result = _run_system(name, evalset, cfg, answerer, encoder)
+        result = _run_system(name, evalset, cfg, answerers, encoder)
     result.metrics["peak_rss_mb"] = round(rss.peak_mb, 1)
     return result
 
 
-def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerer=None, encoder=None) -> SystemResult:
+class Answerers:
+    """Each answerer a system names (``system.answerer``), loaded once and shared by the systems that name it."""
+
+    def __init__(self):
+        self._loaded: dict[str, Any] = {}
+
+    def get(self, name: str):
+        if name not in self._loaded:
+            from ragless.components import make_answerer
+
+            self._loaded[name] = make_answerer(name)
+        return self._loaded[name]
+
+
+def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None) -> SystemResult:
     lang = evalset.questions[0].lang if evalset.questions else "en"
     system = make_system(name, lang=lang, encoder=encoder)
+    answerer = answerers.get(system.answerer) if isinstance(answerers, Answerers) else answerers
     if cfg.corpus == "gold":
         segmenter = PassageSegmenter(evalset.passages)
     elif cfg.segmenter:
@@ -216,12 +240,9 @@ def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, A
 def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
     """Run every system of ``cfg`` on its dataset; the report that `ragless eval --out` writes."""
     evalset = load(cfg.dataset, cfg.data, limit=cfg.limit or None, seed=cfg.seed)
-    answerer = encoder = None
-    if not cfg.retrieval_only:
-        from ragless.prompted import PromptedAnswerer
-
-        answerer = PromptedAnswerer()
-    if {"workflow-dense", "ragless"} & set(cfg.systems):
+    answerers = None if cfg.retrieval_only else Answerers()
+    encoder = None
+    if "workflow-dense" in cfg.systems or any(s.startswith("ragless") for s in cfg.systems):
         from retrieve_generate_model.encoder import Encoder
 
         encoder = SharedEmbeddings(Encoder()) if cfg.share_embeddings else Encoder()
@@ -229,7 +250,7 @@ def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
     for name in cfg.systems:
         t0 = time.perf_counter()
         progress(f"{cfg.dataset} [{cfg.corpus}] {name}: {len(evalset.questions)} questions ...")
-        results.append(run_system(name, evalset, cfg, answerer, encoder))
+        results.append(run_system(name, evalset, cfg, answerers, encoder))
         progress(f"  done in {time.perf_counter() - t0:.0f}s")
     return {
         "config": asdict(cfg),

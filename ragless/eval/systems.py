@@ -4,8 +4,13 @@
   Elasticsearch that BEIR's BM25 numbers come from), SmolLM2 prompted with the top-k windows;
 - ``workflow-dense``: the same windows, base all-MiniLM-L6-v2 with title and section prepended, exact inner-product
   search (FAISS), the same prompted generator;
-- ``ragless``: the project's current default components (``ragless.components``) through the real on-disk index and
-  ingestion job — today the fixed-window segmenter and base MiniLM, until the trained models ship in checkpoints/.
+- ``ragless``: the project's shipped default components (``ragless.components``) through the real on-disk index and
+  ingestion job: the learned segmenter, the index's encoder, and the joint model (checkpoints/joint) as answerer;
+- ``ragless@PATH``: the same with the joint model checkpoint in folder PATH (or a name under checkpoints/) as answerer,
+  to evaluate any trained checkpoint.
+
+The workflow systems answer with the prompt-stuffing answerer (`ragless.prompted`, the same base generator);
+``system.answerer`` names what each system answers with.
 
 In corpus mode ``gold`` every system is given the benchmark's own passages as its segments (an oracle), so retrieval
 alone is compared; in ``articles`` mode each system segments the documents itself.
@@ -191,12 +196,19 @@ class Ragless:
 
     name = "ragless"
 
-    def __init__(self, workdir: str | Path | None = None, encoder: Encoder | SharedEmbeddings | None = None):
+    def __init__(self, workdir: str | Path | None = None, encoder: Encoder | SharedEmbeddings | None = None,
+                 answerer: str | None = None):
         """``encoder``: the one to ingest with, when the caller holds it (None: the shipped default); it must be
-        the shipped default encoder, or the index would record other components than ragless ships."""
+        the shipped default encoder, or the index would record other components than ragless ships.
+        ``answerer``: a joint model checkpoint (name or folder) to answer with instead of the shipped one."""
+        from ragless.components import DEFAULT_ANSWERER
+
         self._tmp = tempfile.TemporaryDirectory(prefix="ragless-eval-") if workdir is None else None
         self.workdir = Path(workdir or self._tmp.name)
         self.encoder = encoder
+        self.answerer = answerer or DEFAULT_ANSWERER
+        if answerer:
+            self.name = f"ragless@{answerer}"
 
     def build(self, documents: Sequence[Document], segmenter) -> dict[str, Any]:
         from ragless.ask import Asker
@@ -217,6 +229,19 @@ class Ragless:
 
 
 SYSTEMS = ("workflow-bm25", "workflow-dense", "ragless")
+WorkflowBM25.answerer = WorkflowDense.answerer = "prompted"
+
+
+def check_system_name(name: str) -> None:
+    """Refuse a name that is neither a known system nor ``ragless@CHECKPOINT``."""
+    if name in SYSTEMS:
+        return
+    if name.startswith("ragless@") and name.removeprefix("ragless@"):
+        from ragless.components import checkpoint_path
+
+        checkpoint_path(name.removeprefix("ragless@"))  # raises ValueError when it is not a checkpoint
+        return
+    raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}, ragless@CHECKPOINT")
 
 
 def make_system(name: str, lang: str = "en", encoder: Encoder | SharedEmbeddings | None = None) -> System:
@@ -227,7 +252,8 @@ def make_system(name: str, lang: str = "en", encoder: Encoder | SharedEmbeddings
         return WorkflowDense(encoder or Encoder())
     if name == "ragless":
         return Ragless(encoder=encoder)
-    raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    check_system_name(name)
+    return Ragless(encoder=encoder, answerer=name.removeprefix("ragless@"))
 
 
 def default_segmenter(system: System):

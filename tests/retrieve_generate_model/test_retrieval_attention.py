@@ -89,3 +89,16 @@ def test_bad_input_is_refused_with_a_reason():
         retrieval_attention_ref(Q, K, 1, valid=torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="empty"):
         retrieval_attention_ref(Q, K[:0], 1)
+
+
+def test_the_dispatcher_runs_the_reference_and_refuses_unknown_backends():
+    from retrieve_generate_model.kernels import retrieval_attention
+
+    g = torch.Generator().manual_seed(1)
+    Q, K = torch.randn(2, 8, generator=g), torch.randn(50, 8, generator=g)
+    for backend in ("auto", "torch"):
+        got = retrieval_attention(Q, K, 3, scale=2.0, backend=backend)
+        for a, b in zip(got, retrieval_attention_ref(Q, K, 3, scale=2.0)):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="backend"):
+        retrieval_attention(Q, K, 3, backend="cuda-magic")

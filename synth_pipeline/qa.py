@@ -1,0 +1,404 @@
+"""Training data for the joint model: questions with answers and evidence, made from corpus segments alone.
+
+No evaluation question is read and nothing outside the machine is called. From each segment of a corpus (what the
+preprocessing model cut, so the training sources look like the ones retrieved at answer time):
+
+1. **Answer spans** (`answer_candidates`): dates, years, numbers with their unit, names (runs of capitalized words,
+   "University of Chicago"), quoted titles — the kinds of short spans extractive questions ask for.
+2. **Questions** (`cloze_question`): the sentence around the span with the span taken out and a question word for its
+   kind in front ("When ...", "How many ...", "Who or what ..."), some function words dropped — the "wh-cloze"
+   questions of Lewis et al. (2019, unsupervised QA). They teach the model to find the sentence that matches the
+   question and copy what fills its gap; the question word tells what kind of span to copy.
+3. **Round trip** (`round_trip`): a pair is kept only if answering the question from its segment recovers the span:
+   the sentence of the segment that shares the most content words with the question must be the span's own sentence,
+   the span must not be in the question, and the question must hold enough of the sentence to be answerable.
+4. **Sources** (`make_examples`): the question is given the top-``k`` segments a retriever returns for it (hard
+   negatives mined with the user's own retriever), with the evidence segment put among them at the rank it got (or in
+   place of the last when it was not retrieved), as at answer time.
+5. **Unanswerables**: a share of the questions is given sources without the answer: either the evidence segment is
+   withheld (only the negatives), or — the near miss that SQuAD 2.0 is made of — the evidence segment is kept with
+   the answer's sentence cut out of it. The target is then to abstain.
+6. **Multi-source**: every source that holds the answer where the question's words are (not only the one the
+   question was made from) is a source the answer may rely on; the target ranks the evidence segment first.
+
+Every example is seeded by ``(seed, seg_id, n)``: rerunning over the same segments gives the same rows, whatever their
+order. Rows are written to Parquet with `write_examples` (the config in the file's metadata).
+
+    examples = make_examples(segments, retrieve, QAConfig(), seed=0)      # segments: `Source` records of the corpus
+    write_examples(examples, "data/qa/train.parquet", QAConfig(), seed=0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from retrieve_generate_model.records import Source
+
+PARQUET_META_KEY = b"ragless.synth.qa"
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    questions_per_segment: int = 2  # at most; fewer when the segment has fewer spans surviving the round trip
+    k: int = 4  # sources per example: the answerer's k at answer time
+    unanswerable_fraction: float = 0.3  # share of examples whose sources do not hold the answer
+    near_miss_fraction: float = 0.5  # of the unanswerables: evidence kept with the answer's sentence cut out
+    max_answer_words: int = 6
+    window_words: int = 12  # words of the sentence kept on each side of the span in the question
+    drop_function_words: float = 0.25  # probability of dropping each function word of the question
+    min_shared_words: int = 2  # content words the question must share with the answer's sentence
+    max_quote_words: int = 30  # the supporting quote: the answer's sentence, clipped around the span to this
+
+
+# ------------------------------------------------------------------------------------------------------- languages
+
+_FUNCTION_WORDS = {
+    "en": frozenset(
+        "a an the and or but of to in on at by for with from as into about than then so is are was were be been being "
+        "it its this that these those there their they he she his her which who whom whose what when where how also "
+        "has have had do does did not no can could would should will may might must".split()
+    ),
+    "fr": frozenset(
+        "le la les un une des du de d l et ou mais à au aux en dans par pour sur avec sans sous est sont été être a "
+        "ont avait ce cet cette ces il elle ils elles on qui que qu dont où se sa son ses leur leurs ne pas plus "
+        "vous nous peut doit".split()
+    ),
+}
+# question words by answer kind
+_WH = {
+    "en": {"date": "When", "year": "In what year", "number": "How many", "measure": "How much", "name": "Who or what",
+           "quoted": "What title"},
+    "fr": {"date": "Quand", "year": "En quelle année", "number": "Combien", "measure": "Combien",
+           "name": "Qui ou quoi", "quoted": "Quel titre"},
+}
+_WORD = re.compile(r"\w+(?:['’]\w+)?", re.UNICODE)
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
+
+_MONTHS = ("January|February|March|April|May|June|July|August|September|October|November|December|"
+           "janvier|février|mars|avril|mai|juin|juillet|août|septembre|octobre|novembre|décembre")
+_UNITS = ("percent|per cent|%|km|kilometres|kilometers|miles|metres|meters|feet|kg|tons|tonnes|dollars|euros|€|\\$|"
+          "people|years|days|hours|minutes|months|weeks|ans|jours|mois|heures|semaines|personnes")
+_CANDIDATES = (
+    ("date", re.compile(rf"\b(?:\d{{1,2}} (?:{_MONTHS})(?: \d{{4}})?|(?:{_MONTHS}) \d{{1,2}}(?:, \d{{4}})?|"
+                        rf"(?:{_MONTHS}) \d{{4}})\b")),
+    ("year", re.compile(r"(?<![-\w])(?:1\d\d\d|20[0-4]\d)s?\b")),
+    ("measure", re.compile(rf"(?:\$|€)?\b\d[\d,.]*(?: ?(?:million|billion|thousand|millions|milliards))? ?(?:{_UNITS})"
+                           rf"(?!\w)")),
+    ("number", re.compile(r"(?<![-\w])\d[\d,.]*(?: (?:million|billion|thousand))?\b")),
+    ("quoted", re.compile(r"\"([^\"\n]{3,60})\"|“([^”\n]{3,60})”")),
+    ("name", re.compile(r"\b[A-ZÀ-Ý][\w’'-]+(?:(?: (?:of|de|du|des|the|and|la|le|for))? [A-ZÀ-Ý][\w’'-]+)*")),
+)
+
+
+def detect_lang(text: str) -> str:
+    """"en" or "fr", by which language's function words the text uses more (enough for the corpora here)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    scores = {lang: sum(w in fw for w in words) for lang, fw in _FUNCTION_WORDS.items()}
+    return max(sorted(scores), key=lambda lang: scores[lang])
+
+
+def content_words(text: str, lang: str) -> set[str]:
+    return {w for w in (m.lower() for m in _WORD.findall(text)) if w not in _FUNCTION_WORDS[lang] and len(w) > 1}
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence or line of ``text``, without surrounding spaces."""
+    spans = []
+    for m in _SENTENCE.finditer(text):
+        start, end = m.start(), m.end()
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if end > start:
+            spans.append((start, end))
+    return spans
+
+
+# ---------------------------------------------------------------------------------------------------------- spans
+
+
+def answer_candidates(sentence: str, max_words: int = 6) -> list[tuple[int, int, str]]:
+    """Candidate answer spans of one sentence, ``(start, end, kind)``, non-overlapping (earlier kinds win).
+
+    >>> [(s, e, k) for s, e, k in answer_candidates("The tower, built by Gustave Eiffel, opened on 31 March 1889.")]
+    [(46, 59, 'date'), (20, 34, 'name')]
+    """
+    taken: list[tuple[int, int]] = []
+    out = []
+    for kind, pattern in _CANDIDATES:
+        for m in pattern.finditer(sentence):
+            start, end = (m.start(1), m.end(1)) if kind == "quoted" and m.group(1) else m.span()
+            if kind == "quoted" and m.group(1) is None:
+                start, end = m.start(2), m.end(2)
+            span = sentence[start:end].strip(" ,.;:")
+            start = sentence.index(span, start) if span else start
+            end = start + len(span)
+            if not span or len(span.split()) > max_words or any(s < end and start < e for s, e in taken):
+                continue
+            if kind == "name" and (start == 0 or span.lower() in _FUNCTION_WORDS["en"] | _FUNCTION_WORDS["fr"]):
+                continue  # a capital at the start of a sentence is not a name
+            if kind == "number" and len(span) < 2 and not span.isdigit():
+                continue
+            taken.append((start, end))
+            out.append((start, end, kind))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ questions
+
+
+def cloze_question(sentence: str, start: int, end: int, kind: str, lang: str, rng: random.Random,
+                   cfg: QAConfig) -> str:
+    """The wh-cloze question for the span ``sentence[start:end]``: question word, then the words around the span.
+
+    >>> cloze_question("The tower opened on 31 March 1889 in Paris.", 20, 33, "date", "en", random.Random(0),
+    ...                QAConfig(drop_function_words=0.0))
+    'When the tower opened on in Paris?'
+    """
+    left = _WORD.findall(sentence[:start])[-cfg.window_words:]
+    right = _WORD.findall(sentence[end:])[: cfg.window_words]
+    fw = _FUNCTION_WORDS[lang]
+    words = [w for w in left + right if not (w.lower() in fw and rng.random() < cfg.drop_function_words)]
+    if words and words[0][0].isupper() and words[0].lower() in fw:
+        words[0] = words[0].lower()  # "The tower" -> "When the tower": the question word starts the sentence
+    return f"{_WH[lang][kind]} {' '.join(words)}?"
+
+
+def round_trip(question: str, answer: str, text: str, sentence: tuple[int, int], lang: str, min_shared: int) -> bool:
+    """Whether answering ``question`` from ``text`` leads back to ``answer`` in ``sentence``: the answer is not in
+    the question, the question shares at least ``min_shared`` content words with that sentence, and no other sentence
+    of the text shares as many.
+
+    >>> text = "The tower opened in 1889. The tower opened its lift in 1899."
+    >>> round_trip("When the tower opened?", "1889", text, (0, 25), "en", 2)   # both sentences fit: ambiguous
+    False
+    >>> round_trip("When the tower opened in Paris?", "1889", "The tower opened in Paris in 1889. It is tall.",
+    ...            (0, 34), "en", 2)
+    True
+    """
+    if answer.lower() in question.lower():
+        return False
+    q_words = content_words(question, lang) - content_words(" ".join(_WH[lang].values()), lang)
+    overlaps = {span: len(q_words & content_words(text[span[0]:span[1]], lang)) for span in sentences(text)}
+    own = overlaps.get(sentence, 0)
+    return own >= min_shared and all(n < own for span, n in overlaps.items() if span != sentence)
+
+
+def clip_quote(text: str, sentence: tuple[int, int], start: int, end: int, max_words: int) -> tuple[int, int]:
+    """The supporting quote: the span's sentence, clipped to at most ``max_words`` words centred on the span."""
+    s_start, s_end = sentence
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text[s_start:s_end])]
+    if len(words) <= max_words:
+        return s_start, s_end
+    first = next(i for i, (a, b) in enumerate(words) if s_start + b > start)
+    last = max(i for i, (a, b) in enumerate(words) if s_start + a < end)
+    spare = max(0, max_words - (last - first + 1))
+    lo = max(0, first - spare // 2)
+    hi = min(len(words) - 1, lo + max(max_words, last - first + 1) - 1)
+    lo = max(0, min(lo, hi - max_words + 1))
+    return s_start + words[lo][0], s_start + words[hi][1]
+
+
+# ------------------------------------------------------------------------------------------------------- examples
+
+
+def _seeded(seed: int, *parts: Any) -> random.Random:
+    digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+@dataclass(frozen=True)
+class _Draft:
+    segment: Source
+    question: str
+    answer: str
+    kind: str
+    sentence: tuple[int, int]
+    answer_span: tuple[int, int]
+    lang: str
+    n: int
+
+
+def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
+    """The questions made from one segment that survive the round trip (at most ``cfg.questions_per_segment``)."""
+    text = segment.text
+    lang = detect_lang(text)
+    rng = _seeded(seed, segment.seg_id, "questions")
+    candidates = [
+        (sent, (sent[0] + s, sent[0] + e), kind)
+        for sent in sentences(text)
+        for s, e, kind in answer_candidates(text[sent[0]:sent[1]], cfg.max_answer_words)
+    ]
+    rng.shuffle(candidates)
+    drafts: list[_Draft] = []
+    for sent, (a_start, a_end), kind in candidates:
+        if len(drafts) >= cfg.questions_per_segment:
+            break
+        sentence = text[sent[0]:sent[1]]
+        question = cloze_question(sentence, a_start - sent[0], a_end - sent[0], kind, lang, rng, cfg)
+        answer = text[a_start:a_end]
+        if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
+            drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts)))
+    return drafts
+
+
+def _holds_answer(source: Source, draft: _Draft) -> bool:
+    """Whether ``source`` holds the answer in a sentence sharing the question's words (a second piece of evidence)."""
+    if draft.answer not in source.text:
+        return False
+    q_words = content_words(draft.question, draft.lang)
+    return any(draft.answer in source.text[a:b] and len(q_words & content_words(source.text[a:b], draft.lang))
+               >= 2 for a, b in sentences(source.text))
+
+
+def _source_row(source: Source, text: str | None = None) -> dict[str, Any]:
+    return {"seg_id": source.seg_id, "doc_id": source.doc_id, "title": source.title, "section": source.section,
+            "text": source.text if text is None else text, "char_start": source.char_start,
+            "char_end": source.char_end, "score": float(source.score)}
+
+
+def make_examples(
+    segments: Iterable[Source],
+    retrieve: Callable[[list[str], int], list[list[Source]]],
+    cfg: QAConfig | None = None,
+    seed: int = 0,
+    batch: int = 256,
+) -> Iterator[dict[str, Any]]:
+    """Training rows for the joint model from corpus ``segments``; ``retrieve(questions, k)`` ranks segments of the
+    same corpus for each question (the hard negatives). See the module docstring; the row layout is `ROW_FIELDS`."""
+    cfg = cfg or QAConfig()
+    drafts: list[_Draft] = []
+    for segment in segments:
+        drafts.extend(draft_questions(segment, cfg, seed))
+        if len(drafts) >= batch:
+            yield from _examples(drafts, retrieve, cfg, seed)
+            drafts = []
+    if drafts:
+        yield from _examples(drafts, retrieve, cfg, seed)
+
+
+def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Iterator[dict[str, Any]]:
+    ranked = retrieve([d.question for d in drafts], cfg.k + 1)
+    for draft, hits in zip(drafts, ranked):
+        rng = _seeded(seed, draft.segment.seg_id, draft.n, "example")
+        gold = draft.segment
+        rank = next((i for i, h in enumerate(hits) if h.seg_id == gold.seg_id), None)
+        unanswerable = rng.random() < cfg.unanswerable_fraction
+        # other sources: without the answer, or (answerable examples) holding it where the question's words are
+        negatives = [h for h in hits if h.seg_id != gold.seg_id and (
+            draft.answer not in h.text or (not unanswerable and _holds_answer(h, draft)))][: cfg.k - 1]
+        near_miss = unanswerable and rng.random() < cfg.near_miss_fraction
+        rows = [_source_row(h) for h in negatives]
+        if unanswerable and near_miss:
+            a, b = draft.sentence
+            cut = (gold.text[:a] + gold.text[b:]).replace("  ", " ").strip()
+            if draft.answer in cut or not cut:
+                continue
+            rows.insert(min(rank if rank is not None else len(rows), len(rows)), _source_row(gold, cut))
+        elif not unanswerable:
+            rows.insert(min(rank if rank is not None else len(rows), len(rows)), _source_row(gold))
+        if not rows:
+            continue
+        kind = "near-miss" if near_miss else "withheld" if unanswerable else "span"
+        relied, quote = [], None
+        if not unanswerable:
+            gold_at = next(i for i, r in enumerate(rows) if r["seg_id"] == gold.seg_id)
+            relied = [gold_at]  # the evidence first; then other sources that hold the answer in context
+            relied += [i for i, r in enumerate(rows) if i != gold_at and _holds_answer(_as_source(r), draft)]
+            q_start, q_end = clip_quote(gold.text, draft.sentence, *draft.answer_span, cfg.max_quote_words)
+            quote = {"source": gold_at, "start": q_start, "end": q_end}
+        yield {
+            "example_id": f"{gold.seg_id}/{draft.n}",
+            "doc_id": gold.doc_id,
+            "seg_id": gold.seg_id,
+            "lang": draft.lang,
+            "question": draft.question,
+            "question_origin": "cloze",
+            "answer_kind": draft.kind,
+            "answer": draft.answer if not unanswerable else "",
+            "answerable": not unanswerable,
+            "kind": kind,
+            "sources": rows,
+            "relied": relied,
+            "answer_start": draft.answer_span[0] if not unanswerable else -1,
+            "answer_end": draft.answer_span[1] if not unanswerable else -1,
+            "quote_source": quote["source"] if quote else -1,
+            "quote_start": quote["start"] if quote else -1,
+            "quote_end": quote["end"] if quote else -1,
+        }
+
+
+def _as_source(row: dict[str, Any]) -> Source:
+    return Source(row["seg_id"], row["doc_id"], row["score"], row["text"], row["char_start"], row["char_end"],
+                  title=row["title"], section=row["section"])
+
+
+# --------------------------------------------------------------------------------------------------------- Parquet
+
+
+def _schema():
+    import pyarrow as pa
+
+    source = pa.struct([("seg_id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
+                        ("section", pa.string()), ("text", pa.string()), ("char_start", pa.int64()),
+                        ("char_end", pa.int64()), ("score", pa.float32())])
+    return pa.schema([
+        ("example_id", pa.string()), ("doc_id", pa.string()), ("seg_id", pa.string()), ("lang", pa.string()),
+        ("question", pa.string()), ("question_origin", pa.string()), ("answer_kind", pa.string()),
+        ("answer", pa.string()), ("answerable", pa.bool_()), ("kind", pa.string()),
+        ("sources", pa.list_(source)), ("relied", pa.list_(pa.int32())),
+        ("answer_start", pa.int64()), ("answer_end", pa.int64()),
+        ("quote_source", pa.int32()), ("quote_start", pa.int64()), ("quote_end", pa.int64()),
+    ])
+
+
+ROW_FIELDS = ("example_id", "doc_id", "seg_id", "lang", "question", "question_origin", "answer_kind", "answer",
+              "answerable", "kind", "sources", "relied", "answer_start", "answer_end", "quote_source", "quote_start",
+              "quote_end")
+
+
+def write_examples(rows: Iterable[dict[str, Any]], path: str | Path, cfg: QAConfig, seed: int,
+                   extra: dict[str, Any] | None = None) -> int:
+    """Write rows to Parquet at ``path`` (atomically), with the config and seed in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"config": asdict(cfg), "seed": seed, **(extra or {})}
+    schema = _schema().with_metadata({PARQUET_META_KEY: json.dumps(meta).encode()})
+    rows = list(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)
+
+
+def split_by_doc(rows: Sequence[dict[str, Any]], held_out_fraction: float, seed: int):
+    """(train, held_out), whole documents on one side only."""
+    docs = sorted({r["doc_id"] for r in rows})
+    random.Random(f"qa-split:{seed}").shuffle(docs)
+    held = set(docs[: round(held_out_fraction * len(docs))])
+    return [r for r in rows if r["doc_id"] not in held], [r for r in rows if r["doc_id"] in held]
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    from collections import Counter
+
+    return {"rows": len(rows), "documents": len({r["doc_id"] for r in rows}),
+            "kinds": dict(Counter(r["kind"] for r in rows)),
+            "answer_kinds": dict(Counter(r["answer_kind"] for r in rows)),
+            "langs": dict(Counter(r["lang"] for r in rows)),
+            "multi_source": sum(len(r["relied"]) > 1 for r in rows)}

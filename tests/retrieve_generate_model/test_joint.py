@@ -1,0 +1,177 @@
+"""The joint model: the layout it is trained on, quote-constrained decoding, abstention, save/load, a training smoke."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+import torch
+
+from retrieve_generate_model.joint import ABSTAIN_TEXT, JointConfig, JointModel, Layout, _Decoder, shown_source
+from retrieve_generate_model.records import Source
+
+DOC = ("The Bell Rock Lighthouse stands off the coast of Angus, Scotland. It was built between 1807 and 1810 by "
+       "Robert Stevenson; « the light » shines 35 miles — 56 km. 灯塔は岩の上に立つ.")
+
+
+def source(text: str, n: int = 0, start: int = 0) -> Source:
+    return Source(f"s{n}", f"d{n}", 1.0, text, start, start + len(text), title=f"Doc {n}")
+
+
+@pytest.fixture(scope="module")
+def model() -> JointModel:
+    """A joint model with fresh (zero-effect) adapters: the base SmolLM2, decoding under the layout."""
+    return JointModel(JointConfig(max_source_tokens=64))
+
+
+def test_training_targets_are_the_layout_and_quotes_are_slices_of_the_source_tokens(model):
+    sources = [source(DOC, 0), source("Apples are pressed within days of picking.", 1)]
+    start = DOC.index("Robert Stevenson")
+    ids, labels = model.example_ids("Who built it?", sources, "answer", [0], "Robert Stevenson",
+                                    [(0, start, start + len("Robert Stevenson"))])
+    target = [t for t, label in zip(ids, labels) if label != -100]
+    assert labels[: len(ids) - len(target)] == [-100] * (len(ids) - len(target))  # the prompt is never a label
+    text = model.tokenizer.decode(target)
+    assert text == ('route: answer\nsources: 1\nanswer: Robert Stevenson\n<ref id="1"> Robert Stevenson</ref>'
+                    "<|im_end|>")
+    _, source_ids, _ = shown_source(model.layout, sources[0], 64)
+    quote = target[target.index(model.layout.ref_mid[0]) + 1: -len(model.layout.ref_close) - 1]
+    assert any(source_ids[p: p + len(quote)] == quote for p in range(len(source_ids)))
+    prompt = ids[: len(ids) - len(target)]
+    assert any(prompt[p: p + len(source_ids)] == source_ids for p in range(len(prompt)))  # the same ids as read
+
+    ids, labels = model.example_ids("Who?", sources, "abstain", [], "", [])
+    assert model.tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]) == \
+        "route: abstain<|im_end|>"
+
+
+class RandomLogits(torch.nn.Module):
+    """Any model at all: logits drawn at random, so the decoder's constraints alone decide what can be written."""
+
+    def __init__(self, vocab: int, seed: int):
+        super().__init__()
+        self.vocab, self.gen = vocab, torch.Generator().manual_seed(seed)
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, cache=None, use_cache=True, logits_to_keep=1):
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = torch.randn(1, 1, self.vocab, generator=self.gen) * 5
+        out.cache = None
+        return out
+
+
+def _random_text(rng: random.Random) -> str:
+    words = ["".join(rng.choice(string.ascii_letters + "éü—«»0123456789") for _ in range(rng.randint(1, 9)))
+             for _ in range(rng.randint(1, 40))]
+    seps = [" ", ", ", ". ", "\n", " – ", "灯塔", "  "]
+    return "".join(w + rng.choice(seps) for w in words)
+
+
+def test_constrained_decoding_never_writes_a_quote_absent_from_its_source(model):
+    """Property: whatever the model prefers, every quote is its source's text at the citation's span."""
+    layout, tok = model.layout, model.tokenizer
+    cfg = JointConfig(max_source_tokens=64, max_citations=3, max_quote_tokens=12, abstain_bias=-1e9)
+    rng = random.Random(0)
+    quotes = 0
+    for trial in range(60):
+        shown = [shown_source(layout, source(_random_text(rng), n), cfg.max_source_tokens)
+                 for n in range(rng.randint(1, 4))]
+        decoder = _Decoder(RandomLogits(len(tok), trial), layout, [1, 2, 3], tok)
+        route, relied, _, cites = decoder.run(cfg, [(ids, offsets) for _, ids, offsets in shown])
+        assert route == "answer" and len(set(relied)) == len(relied) and relied
+        assert all(0 <= n < len(shown) for n in relied)
+        for n, start, end in cites:
+            text = shown[n][0].text
+            assert 0 <= start < end <= len(text)
+            quote = text[start:end]
+            assert quote and "\ufffd" not in quote and quote in text
+            quotes += 1
+    assert quotes > 30  # the property was exercised, not vacuously true
+
+
+def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(model):
+    doc = "Preface.\n\n" + DOC
+    s0 = Source("s0", "d0", 0.9, DOC, doc.index(DOC), len(doc), title="Bell Rock")
+    s1 = Source("s1", "d1", 0.5, "Apples are pressed within days of picking.", 0, 43, title="Orchards")
+    answer = JointModel(JointConfig(abstain_bias=-1e9, max_citations=2)).answer(
+        "Who built the Bell Rock Lighthouse?", [s1, s0], {"d0": doc, "d1": s1.text})
+    assert not answer.abstained and answer.route == "answer" and answer.text
+    assert sorted(s.seg_id for s in answer.sources) == ["s0", "s1"]  # every source, relied-on ones first
+    for c in answer.citations:
+        full = {"d0": doc, "d1": s1.text}[c.doc_id]
+        assert full[c.char_start: c.char_end] == c.quote and c.quote
+
+
+def test_abstention_path(model):
+    m = JointModel(JointConfig(abstain_bias=1e9))
+    answer = m.answer("Who built it?", [source(DOC)])
+    assert answer.abstained and answer.route == "abstain" and answer.text == ABSTAIN_TEXT and not answer.citations
+    assert m.answer("Who built it?", []).abstained  # no sources: abstains without running the model
+    with pytest.raises(ValueError, match="differs from document"):
+        m.answer("Who?", [source(DOC)], {"d0": "another text"})
+
+
+def test_layout_refuses_a_tokenizer_that_splits_its_single_tokens(model):
+    class Splitting:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text] * (2 if text in ("\n", " ") else 1)}
+
+        def convert_tokens_to_ids(self, tokens):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match="one token"):
+        Layout(Splitting())
+    with pytest.raises(ValueError, match="1..9"):
+        JointConfig(k=12)
+
+
+def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
+    from retrieve_generate_model.train import JointTrainConfig, read_rows, train_joint
+    from synth_pipeline.qa import QAConfig, write_examples
+
+    rows = []
+    for n in range(6):
+        text = f"The station number {n} was opened in 19{50 + n} by the mayor of Town{n}."
+        start = text.index(f"19{50 + n}")
+        row_source = {"seg_id": f"s{n}", "doc_id": f"d{n}", "title": "", "section": "", "text": text,
+                      "char_start": 0, "char_end": len(text), "score": 1.0}
+        rows.append({"example_id": f"e{n}", "doc_id": f"d{n}", "seg_id": f"s{n}", "lang": "en",
+                     "question": f"In what year was station number {n} opened?", "question_origin": "cloze",
+                     "answer_kind": "year", "answer": f"19{50 + n}", "answerable": True, "kind": "span",
+                     "sources": [row_source], "relied": [0], "answer_start": start, "answer_end": start + 4,
+                     "quote_source": 0, "quote_start": 0, "quote_end": len(text)})
+    write_examples(rows, tmp_path / "train.parquet", QAConfig(), 0)
+    write_examples(rows[:2], tmp_path / "heldout.parquet", QAConfig(), 0)
+    cfg = JointTrainConfig(epochs=3, grad_accum=2, lr=2e-3, warmup_steps=0, checkpoint_every=6, heldout_examples=2)
+    model_cfg = JointConfig(lora_layers=2, lora_r=4, max_source_tokens=48)
+    out = tmp_path / "ckpt"
+    report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
+                         log=lambda _: None)
+    assert report["n"] == 2 and report["examples"] == 18
+    losses = [line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    first, last = (float(line.split('"loss": ')[1].split(",")[0]) for line in (losses[0], losses[-1]))
+    assert last < first  # the loss falls
+
+    loaded = JointModel.load(out)
+    fresh = JointModel(model_cfg)
+    trained = {k: v for k, v in loaded.generator.state_dict().items() if "lora_B" in k}
+    assert trained and any(v.abs().sum() > 0 for v in trained.values())  # the adapters moved (B starts at zero)
+    assert all((fresh.generator.state_dict()[k] == 0).all() for k in trained)
+    again = JointModel.load(out)
+    r = read_rows(tmp_path / "heldout.parquet")[0]
+    from retrieve_generate_model.train import row_sources
+
+    a1, a2 = loaded.answer(r["question"], row_sources(r)), again.answer(r["question"], row_sources(r))
+    assert (a1.text, a1.route, a1.citations) == (a2.text, a2.route, a2.citations)
+    assert JointModel.load(out, abstain_bias=5.0).config.abstain_bias == 5.0
+    with pytest.raises(FileNotFoundError):
+        JointModel.load(tmp_path)
+
+    # resumable: the same command over a finished run only re-evaluates; other settings are refused
+    with pytest.raises(ValueError, match="other settings"):
+        train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out,
+                    JointTrainConfig(epochs=1), model_cfg, log=lambda _: None)

@@ -1,0 +1,111 @@
+"""Questions made from segments: spans, the round trip, sources with hard negatives, unanswerables, Parquet."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow.parquet as pq
+
+from retrieve_generate_model.records import Source
+from synth_pipeline.qa import (
+    QAConfig,
+    answer_candidates,
+    clip_quote,
+    cloze_question,
+    content_words,
+    detect_lang,
+    make_examples,
+    round_trip,
+    split_by_doc,
+    write_examples,
+)
+
+TEXTS = [
+    ("Bell Rock", "The Bell Rock Lighthouse stands off the coast of Angus. It was built between 1807 and 1810 by "
+                  "Robert Stevenson. Its light can be seen from 35 miles away."),
+    ("Orchards", "Normandy orchards grow cider apples. The harvest runs from September to November. In 1998 the "
+                 "region produced 120,000 tonnes of apples for the Pays d'Auge cider."),
+    ("Violin", "A violin has four strings tuned in perfect fifths. The Italian maker Antonio Stradivari built about "
+               "1,100 instruments in Cremona."),
+    ("Passeport", "La demande de passeport se fait en mairie. Le délai de fabrication est de 15 jours en moyenne "
+                  "selon la préfecture de Paris."),
+    ("Lighthouses", "Lighthouses mark dangerous coasts. Robert Stevenson built the Bell Rock Lighthouse, the "
+                    "oldest sea-washed lighthouse still standing."),
+]
+
+
+def segments() -> list[Source]:
+    return [Source(f"seg{n}", f"doc{n}", 0.0, text, 0, len(text), title=title)
+            for n, (title, text) in enumerate(TEXTS)]
+
+
+def lexical_retrieve(questions: list[str], k: int) -> list[list[Source]]:
+    """A small real retriever: segments ranked by content words shared with the question."""
+    out = []
+    for q in questions:
+        words = content_words(q, detect_lang(q))
+        scored = sorted(segments(), key=lambda s: (-len(words & content_words(s.text, "en")), s.seg_id))
+        out.append(scored[:k])
+    return out
+
+
+def test_answer_candidates_find_dates_numbers_and_names():
+    sentence = "It was built between 1807 and 1810 by Robert Stevenson, who lived 35 years in Edinburgh."
+    found = {sentence[s:e]: kind for s, e, kind in answer_candidates(sentence)}
+    assert found["1807"] == "year" and found["1810"] == "year"
+    assert found["Robert Stevenson"] == "name" and found["Edinburgh"] == "name"
+    assert found["35 years"] == "measure"
+    assert "It" not in found  # a sentence's first word is not a name
+    spans = sorted((s, e) for s, e, _ in answer_candidates(sentence))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no overlaps
+
+
+def test_cloze_question_and_round_trip():
+    cfg = QAConfig(drop_function_words=0.0)
+    sentence = "It was built between 1807 and 1810 by Robert Stevenson."
+    start = sentence.index("Robert Stevenson")
+    q = cloze_question(sentence, start, start + len("Robert Stevenson"), "name", "en", random.Random(0), cfg)
+    assert q.startswith("Who or what ") and "Stevenson" not in q and q.endswith("?") and "1807" in q
+    text = TEXTS[0][1]
+    sent = (text.index("It was"), text.index("Stevenson.") + len("Stevenson."))
+    assert round_trip(q, "Robert Stevenson", text, sent, "en", 2)
+    assert not round_trip(q + " Robert Stevenson", "Robert Stevenson", text, sent, "en", 2)  # answer in question
+    assert not round_trip("Who or what?", "Robert Stevenson", text, sent, "en", 2)  # nothing to find it by
+    assert detect_lang(TEXTS[3][1]) == "fr" and detect_lang(text) == "en"
+
+
+def test_clip_quote_keeps_the_span_and_clips_long_sentences():
+    text = " ".join(f"w{i}" for i in range(50)) + "."
+    start = text.index("w30")
+    a, b = clip_quote(text, (0, len(text)), start, start + 3, 10)
+    assert a <= start and start + 3 <= b and len(text[a:b].split()) == 10
+    assert clip_quote("Short one.", (0, 10), 0, 5, 10) == (0, 10)
+
+
+def test_examples_have_evidence_negatives_unanswerables_and_are_deterministic(tmp_path):
+    cfg = QAConfig(unanswerable_fraction=0.4, questions_per_segment=3, k=3)
+    rows = list(make_examples(segments(), lexical_retrieve, cfg, seed=0))
+    reordered = make_examples(list(reversed(segments())), lexical_retrieve, cfg, seed=0)
+    assert {r["example_id"]: r for r in rows} == {r["example_id"]: r for r in reordered}  # order does not matter
+    assert len(rows) >= 6
+    kinds = {r["kind"] for r in rows}
+    assert "span" in kinds and kinds & {"withheld", "near-miss"}
+    for r in rows:
+        texts = [s["text"] for s in r["sources"]]
+        assert 1 <= len(texts) <= cfg.k and (not r["answerable"] or r["answer"] not in r["question"])
+        if r["answerable"]:
+            gold = r["sources"][r["relied"][0]]
+            assert gold["seg_id"] == r["seg_id"] and r["quote_source"] == r["relied"][0]
+            quote = gold["text"][r["quote_start"]: r["quote_end"]]
+            assert gold["text"][r["answer_start"]: r["answer_end"]] == r["answer"] and r["answer"] in quote
+            assert len(set(r["relied"])) == len(r["relied"])
+        else:
+            assert r["answer"] == "" and not r["relied"] and r["quote_source"] == -1
+            assert not any(r["seg_id"] == s["seg_id"] and s["text"] == TEXTS[int(r["seg_id"][3:])][1]
+                           for s in r["sources"])  # the evidence is withheld or cut
+    train, held = split_by_doc(rows, 0.4, seed=0)
+    assert train and held and not {r["doc_id"] for r in train} & {r["doc_id"] for r in held}
+    assert write_examples(rows, tmp_path / "qa.parquet", cfg, 0) == len(rows)
+    table = pq.read_table(tmp_path / "qa.parquet")
+    assert table.num_rows == len(rows) and b"ragless.synth.qa" in table.schema.metadata
+    assert table.to_pylist()[0]["sources"][0]["text"] == rows[0]["sources"][0]["text"]
