@@ -48,6 +48,7 @@ SYSTEM_PROMPT = ("Answer the question from the numbered sources. Say whether the
                  "on, the answer, and quote the source that supports it.")
 ABSTAIN_TEXT = "The sources do not answer this question."
 ROUTES = ("answer", "abstain")
+_SEPARATOR = -1  # between sources joined for an extractive answer: no token id, so no slice crosses it
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class JointConfig:
     k: int = 4  # sources read per question (at most 9: one digit each)
     max_source_tokens: int = 192  # each source cut to this many generator tokens (a learned segment is ~180)
     max_answer_tokens: int = 24  # the answer line: the words that answer, not an essay
+    extractive: bool = True  # the answer line is a span of a source (decoded like a quote); False: free text
     max_quote_tokens: int = 48
     max_citations: int = 2
     abstain_bias: float = 0.0  # added to the abstain route's logit at decoding (calibration; 0 = the model's own)
@@ -71,6 +73,12 @@ class JointConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 9:
             raise ValueError(f"k must be in 1..9 (one digit per source), got {self.k}")
+
+    DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias")
+
+    def trained(self) -> dict[str, Any]:
+        """The fields that change what training computes (all but the decoding ones, which a run may change)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.DECODING}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JointConfig:
@@ -259,7 +267,7 @@ class JointModel:
                                cfg.system_prompt)
         with torch.inference_mode():
             decoder = _Decoder(self.generator, layout, prompt, self.tokenizer)
-            route, relied, text, quotes = decoder.run(cfg, [(ids, offsets) for _, ids, offsets in shown])
+            route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown])
         t1 = time.perf_counter()
         shown_sources = [s for s, _, _ in shown]
         ranked = [sources[n] for n in relied] + [s for n, s in enumerate(sources) if n not in relied]
@@ -297,9 +305,10 @@ class _Decoder:
         scores = {t: float(self.logits[t]) + (bias or {}).get(t, 0.0) for t in allowed}
         return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
 
-    def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]]]]):
-        """(route, relied source positions, answer text, quotes as (source position, char start, char end))."""
-        L, tokenizer = self.layout, self.tokenizer
+    def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]]):
+        """(route, relied source positions, answer text, quotes as (source position, char start, char end));
+        ``shown``: each source's (token ids, character offsets, text) as the prompt shows it."""
+        L = self.layout
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
         if self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
@@ -317,14 +326,7 @@ class _Decoder:
             relied.append(n)
             self._feed(L.digit[n + 1])
         self._feed(L.answer)
-        answer_ids: list[int] = []
-        for _ in range(cfg.max_answer_tokens):  # free text until a newline (or the end of the turn)
-            token = int(self.logits.argmax())
-            if token == L.im_end or "\n" in tokenizer.decode([token]):
-                break
-            answer_ids.append(token)
-            self._feed([token])
-        text = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+        text = self._extract(shown, cfg.max_answer_tokens) if cfg.extractive else self._free(cfg.max_answer_tokens)
         quotes: list[tuple[int, int, int]] = []
         for _ in range(cfg.max_citations):
             if self.choose([L.newline[0], L.im_end]) == L.im_end:
@@ -333,11 +335,51 @@ class _Decoder:
             digits = {L.digit[n + 1][0]: n for n in range(n_sources)}
             n = digits[self.choose(list(digits))]
             self._feed(L.digit[n + 1] + L.ref_mid)
-            quote = self._quote(*shown[n], cfg.max_quote_tokens)
+            quote = self._quote(*shown[n][:2], cfg.max_quote_tokens)
             if quote is not None:
                 quotes.append((n, *quote))
             self._feed(L.ref_close)
         return "answer", relied, text, quotes
+
+    def _free(self, max_tokens: int) -> str:
+        """The answer line as free text: the model's tokens until a newline (or the end of the turn)."""
+        answer_ids: list[int] = []
+        for _ in range(max_tokens):
+            token = int(self.logits.argmax())
+            if token == self.layout.im_end or "\n" in self.tokenizer.decode([token]):
+                break
+            answer_ids.append(token)
+            self._feed([token])
+        return self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+
+    def _extract(self, shown: list[tuple[list[int], list[tuple[int, int]], str]], max_tokens: int) -> str:
+        """The answer line as a span of one of the sources: only tokens continuing a slice of some source's tokens
+        (the sources' ids joined by a separator no slice can cross), until the model ends the line at a character
+        boundary. Returns the span's text as it is in its source."""
+        joined: list[int] = []
+        where: list[tuple[int, int]] = []  # joined position -> (source, position in it)
+        for n, (ids, _, _) in enumerate(shown):
+            joined += ids + [_SEPARATOR]
+            where += [(n, p) for p in range(len(ids))] + [(n, -1)]
+        if not any(ids for ids, _, _ in shown):
+            return ""
+        automaton, newline = QuoteAutomaton(joined), self.layout.newline[0]
+        while automaton.length < max_tokens:
+            allowed = sorted(automaton.allowed() - {_SEPARATOR})
+            if automaton.length and _at_char_boundary(self.tokenizer, joined, automaton):
+                allowed.append(newline)
+            if not allowed:
+                break
+            token = self.choose(allowed)
+            if token == newline:
+                break
+            automaton.advance(token)
+            self._feed([token])
+        if not automaton.length or not _at_char_boundary(self.tokenizer, joined, automaton):
+            return ""
+        n, first = where[automaton.first_position()]
+        _, offsets, text = shown[n]
+        return text[offsets[first][0]: offsets[first + automaton.length - 1][1]].strip()
 
     def _quote(self, ids: list[int], offsets: list[tuple[int, int]], max_tokens: int) -> tuple[int, int] | None:
         """Walk a quote through the source's own tokens until the model closes it; its character span in the source

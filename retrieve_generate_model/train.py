@@ -93,7 +93,8 @@ def train_joint(
     run = {"train": asdict(cfg), "model": asdict(model_cfg), "train_path": str(train_path), "rows": len(rows)}
     if saved_cfg.is_file():
         previous = json.loads(saved_cfg.read_text())
-        if previous != json.loads(json.dumps(run)):
+        previous["model"] = JointConfig.from_dict(previous["model"]).trained()
+        if previous != json.loads(json.dumps({**run, "model": model_cfg.trained()})):
             raise ValueError(f"{out} holds a run with other settings; use another --out or remove {state_dir}")
     else:
         saved_cfg.write_text(json.dumps(run, indent=1) + "\n")

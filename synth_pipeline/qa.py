@@ -5,10 +5,12 @@ preprocessing model cut, so the training sources look like the ones retrieved at
 
 1. **Answer spans** (`answer_candidates`): dates, years, numbers with their unit, names (runs of capitalized words,
    "University of Chicago"), quoted titles — the kinds of short spans extractive questions ask for.
-2. **Questions** (`cloze_question`): the sentence around the span with the span taken out and a question word for its
-   kind in front ("When ...", "How many ...", "Who or what ..."), some function words dropped — the "wh-cloze"
-   questions of Lewis et al. (2019, unsupervised QA). They teach the model to find the sentence that matches the
-   question and copy what fills its gap; the question word tells what kind of span to copy.
+2. **Questions**: where the sentence's shape allows, the question people would ask, with its question word in front
+   (`fronted_question`: "Who built the lighthouse?" when the span is the subject, "When was the game played?" when an
+   auxiliary precedes it); otherwise the sentence around the span with the span taken out and a question word for
+   its kind in front (`cloze_question`, the "wh-cloze" questions of Lewis et al. 2019, unsupervised QA). They teach
+   the model to find the sentence that matches the question and copy the span it asks for; the question word (by
+   kind, and for names by context: Who, Where, What) tells what kind of span to copy.
 3. **Round trip** (`round_trip`): a pair is kept only if answering the question from its segment recovers the span:
    the sentence of the segment that shares the most content words with the question must be the span's own sentence,
    the span must not be in the question, and the question must hold enough of the sentence to be answerable.
@@ -56,6 +58,7 @@ class QAConfig:
     drop_function_words: float = 0.25  # probability of dropping each function word of the question
     min_shared_words: int = 2  # content words the question must share with the answer's sentence
     max_quote_words: int = 30  # the supporting quote: the answer's sentence, clipped around the span to this
+    fronted: float = 0.8  # share of spans asked with the question word in front where the sentence allows it
 
 
 # ------------------------------------------------------------------------------------------------------- languages
@@ -75,10 +78,19 @@ _FUNCTION_WORDS = {
 # question words by answer kind
 _WH = {
     "en": {"date": "When", "year": "In what year", "number": "How many", "measure": "How much", "name": "Who or what",
-           "quoted": "What title"},
+           "quoted": "What title", "thing": "What", "person": "Who", "place": "Where"},
     "fr": {"date": "Quand", "year": "En quelle année", "number": "Combien", "measure": "Combien",
-           "name": "Qui ou quoi", "quoted": "Quel titre"},
+           "name": "Qui ou quoi", "quoted": "Quel titre", "thing": "Quoi", "person": "Qui", "place": "Où"},
 }
+_AUX = {"en": frozenset("was were is are has have had will would can could did does".split()),
+        "fr": frozenset("est sont était étaient a ont avait peut doit".split())}
+_STARTERS = frozenset(
+    "however during after before while although though since because despite many some most several both each "
+    "other others such following today later then thus therefore moreover meanwhile unlike like according "
+    "although if when where once whereas cependant pendant après avant depuis selon".split()
+)
+_PLACE_PREPOSITIONS = frozenset("in at near from into à en dans près".split())
+_TIME_PREPOSITIONS = frozenset("in on at during since by until from en le au".split())
 _WORD = re.compile(r"\w+(?:['’]\w+)?", re.UNICODE)
 _SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 
@@ -95,6 +107,11 @@ _CANDIDATES = (
     ("number", re.compile(r"(?<![-\w])\d[\d,.]*(?: (?:million|billion|thousand))?\b")),
     ("quoted", re.compile(r"\"([^\"\n]{3,60})\"|“([^”\n]{3,60})”")),
     ("name", re.compile(r"\b[A-ZÀ-Ý][\w’'-]+(?:(?: (?:of|de|du|des|the|and|la|le|for))? [A-ZÀ-Ý][\w’'-]+)*")),
+    # a short lower-case noun phrase after a determiner ("the port of Marseille" -> "port"): the span starts after
+    # the determiner, as extractive answers usually do
+    ("thing", re.compile(r"\b(?:the|an|a|their|his|her|its|le|la|les|un|une|des) ([a-zà-ÿ][\w-]+"
+                         r"(?: (?!(?:of|in|on|at|by|for|and|or|to|from|with|was|is|were|are|that|which)\b)"
+                         r"[a-zà-ÿ][\w-]+){0,2})")),
 )
 
 
@@ -136,18 +153,21 @@ def answer_candidates(sentence: str, max_words: int = 6) -> list[tuple[int, int,
     out = []
     for kind, pattern in _CANDIDATES:
         for m in pattern.finditer(sentence):
-            start, end = (m.start(1), m.end(1)) if kind == "quoted" and m.group(1) else m.span()
-            if kind == "quoted" and m.group(1) is None:
-                start, end = m.start(2), m.end(2)
+            group = next((g for g in range(1, (pattern.groups or 0) + 1) if m.group(g) is not None), 0)
+            start, end = m.span(group)  # a pattern with groups: the span is its group (inside quotes, after "the")
             span = sentence[start:end].strip(" ,.;:")
             start = sentence.index(span, start) if span else start
             end = start + len(span)
             if not span or len(span.split()) > max_words or any(s < end and start < e for s, e in taken):
                 continue
-            if kind == "name" and (start == 0 or span.lower() in _FUNCTION_WORDS["en"] | _FUNCTION_WORDS["fr"]):
-                continue  # a capital at the start of a sentence is not a name
+            if kind == "name" and span.lower() in _FUNCTION_WORDS["en"] | _FUNCTION_WORDS["fr"]:
+                continue
+            if kind == "name" and start == 0 and " " not in span and span.lower() in _STARTERS:
+                continue  # "However", "During": a capital at the start of a sentence, not a name
             if kind == "number" and len(span) < 2 and not span.isdigit():
                 continue
+            if kind == "thing" and any(w.lower() in _FUNCTION_WORDS["en"] | _AUX["en"] for w in span.split()):
+                continue  # "blocking concern has": a phrase running into the verb
             taken.append((start, end))
             out.append((start, end, kind))
     return out
@@ -164,13 +184,86 @@ def cloze_question(sentence: str, start: int, end: int, kind: str, lang: str, rn
     ...                QAConfig(drop_function_words=0.0))
     'When the tower opened on in Paris?'
     """
-    left = _WORD.findall(sentence[:start])[-cfg.window_words:]
-    right = _WORD.findall(sentence[end:])[: cfg.window_words]
+    c_start, c_end = _clause(sentence, start, end)
+    if len(_WORD.findall(sentence[c_start:start] + " " + sentence[end:c_end])) < 3:
+        c_start, c_end = 0, len(sentence)  # a clause too short to ask about: the whole sentence
+    left = _WORD.findall(sentence[c_start:start])[-cfg.window_words:]
+    right = _WORD.findall(sentence[end:c_end])[: cfg.window_words]
     fw = _FUNCTION_WORDS[lang]
     words = [w for w in left + right if not (w.lower() in fw and rng.random() < cfg.drop_function_words)]
     if words and words[0][0].isupper() and words[0].lower() in fw:
         words[0] = words[0].lower()  # "The tower" -> "When the tower": the question word starts the sentence
     return f"{_WH[lang][kind]} {' '.join(words)}?"
+
+
+def question_word(sentence: str, start: int, kind: str, span: str, lang: str) -> str:
+    """The question word for a span: by its kind, and for names by what precedes them ("in Paris": Where) and their
+    shape ("Robert Stevenson": Who; "University of Chicago": What)."""
+    if kind != "name":
+        return _WH[lang][kind]
+    before = _WORD.findall(sentence[:start])
+    if before and before[-1].lower() in _PLACE_PREPOSITIONS:
+        return _WH[lang]["place"]
+    words = span.split()
+    if 2 <= len(words) <= 3 and all(w[:1].isupper() for w in words):
+        return _WH[lang]["person"]
+    return _WH[lang]["thing"]
+
+
+def _clause(sentence: str, start: int, end: int) -> tuple[int, int]:
+    """The clause around a span: from the last , ; : ( before it to the first one after it."""
+    left = max(sentence.rfind(c, 0, start) for c in ",;:(") + 1
+    rights = [i for i in (sentence.find(c, end) for c in ",;:)") if i >= 0]
+    return left, min(rights) if rights else len(sentence)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.strip(" ,;:.!?\"'()").split())
+
+
+def fronted_question(sentence: str, start: int, end: int, kind: str, lang: str, cfg: QAConfig) -> str | None:
+    """A question with its question word in front, the way people ask, where the sentence's shape allows one:
+
+    - the span is its clause's subject: "Robert Stevenson built the lighthouse." -> "Who built the lighthouse?";
+    - an auxiliary comes between the subject and the span: "The game was played on February 7, 2016, at Levi's
+      Stadium." -> "When was the game played?" (a preposition before a time or place span goes with it).
+
+    None where neither applies (`cloze_question` then makes the question).
+
+    >>> fronted_question("Robert Stevenson built the lighthouse in 1810.", 0, 16, "name", "en", QAConfig())
+    'Who built the lighthouse in 1810?'
+    >>> s = "The game was played on February 7, 2016, at Levi's Stadium."
+    >>> fronted_question(s, 23, 39, "date", "en", QAConfig())
+    'When was the game played?'
+    """
+    span = sentence[start:end]
+    wh = question_word(sentence, start, kind, span, lang)
+    c_start, c_end = _clause(sentence, start, end)
+    after = " ".join(_words(sentence[end:c_end]).split()[: cfg.window_words])
+    head = sentence[c_start:start]
+    if not _words(head):  # the span opens its clause: it is the subject
+        if after and after[0].islower() and (c_start == 0 or sentence[:c_start].strip()):
+            return f"{wh} {after}?"
+        return None
+    words = list(re.finditer(r"\S+", head))
+    aux_at = [i for i, m in enumerate(words) if _words(m.group()).lower() in _AUX[lang]]
+    if not aux_at or aux_at[-1] == 0:
+        return None
+    i = aux_at[-1]
+    subject = _words(head[: words[i].start()]).split()
+    middle = _words(head[words[i].end():]).split()
+    if not subject or len(subject) > 8:
+        return None
+    if subject[0].lower() in _FUNCTION_WORDS[lang]:
+        subject[0] = subject[0].lower()
+    if middle and middle[-1].lower() in ("the", "a", "an", "le", "la", "les"):
+        middle.pop()
+    if middle and kind in ("date", "year") and middle[-1].lower() in _TIME_PREPOSITIONS:
+        middle.pop()
+    elif middle and wh == _WH[lang]["place"] and middle[-1].lower() in _PLACE_PREPOSITIONS:
+        middle.pop()
+    aux = _words(words[i].group()).lower()
+    return " ".join([wh, aux, *subject, *middle, *after.split()]) + "?"
 
 
 def round_trip(question: str, answer: str, text: str, sentence: tuple[int, int], lang: str, min_shared: int) -> bool:
@@ -226,6 +319,21 @@ class _Draft:
     answer_span: tuple[int, int]
     lang: str
     n: int
+    origin: str
+
+
+def is_prose(sentence: str) -> bool:
+    """Whether a sentence reads as prose (questions are asked about prose, not about code or lists of names): at least
+    six words, most of them plain words, ending like a sentence.
+
+    >>> is_prose("The tower was built between 1807 and 1810 by Robert Stevenson."), is_prose("xsltGetKey xsltGetNsProp")
+    (True, False)
+    """
+    words = sentence.split()
+    plain = sum(bool(re.fullmatch(r"[^\W\d_][\w'’-]*[,;:.]?|\d[\d,.]*[,;:.]?", w)) for w in words)
+    lowered = sum(w[:1].islower() for w in words)
+    return len(words) >= 6 and plain >= 0.85 * len(words) and lowered >= 0.4 * len(words) and \
+        sentence.rstrip()[-1:] in ".!?»\")"
 
 
 def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
@@ -235,7 +343,7 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
     rng = _seeded(seed, segment.seg_id, "questions")
     candidates = [
         (sent, (sent[0] + s, sent[0] + e), kind)
-        for sent in sentences(text)
+        for sent in sentences(text) if is_prose(text[sent[0]:sent[1]])
         for s, e, kind in answer_candidates(text[sent[0]:sent[1]], cfg.max_answer_words)
     ]
     rng.shuffle(candidates)
@@ -244,10 +352,13 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         if len(drafts) >= cfg.questions_per_segment:
             break
         sentence = text[sent[0]:sent[1]]
-        question = cloze_question(sentence, a_start - sent[0], a_end - sent[0], kind, lang, rng, cfg)
+        start, end = a_start - sent[0], a_end - sent[0]
+        question = fronted_question(sentence, start, end, kind, lang, cfg) if rng.random() < cfg.fronted else None
+        origin = "fronted" if question else "cloze"
+        question = question or cloze_question(sentence, start, end, kind, lang, rng, cfg)
         answer = text[a_start:a_end]
         if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
-            drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts)))
+            drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts), origin))
     return drafts
 
 
@@ -322,7 +433,7 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             "seg_id": gold.seg_id,
             "lang": draft.lang,
             "question": draft.question,
-            "question_origin": "cloze",
+            "question_origin": draft.origin,
             "answer_kind": draft.kind,
             "answer": draft.answer if not unanswerable else "",
             "answerable": not unanswerable,

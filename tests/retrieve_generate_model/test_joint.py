@@ -81,8 +81,9 @@ def test_constrained_decoding_never_writes_a_quote_absent_from_its_source(model)
         shown = [shown_source(layout, source(_random_text(rng), n), cfg.max_source_tokens)
                  for n in range(rng.randint(1, 4))]
         decoder = _Decoder(RandomLogits(len(tok), trial), layout, [1, 2, 3], tok)
-        route, relied, _, cites = decoder.run(cfg, [(ids, offsets) for _, ids, offsets in shown])
+        route, relied, text, cites = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown])
         assert route == "answer" and len(set(relied)) == len(relied) and relied
+        assert any(text in s.text for s, _, _ in shown)  # the extractive answer is a span of a source
         assert all(0 <= n < len(shown) for n in relied)
         for n, start, end in cites:
             text = shown[n][0].text
@@ -100,6 +101,7 @@ def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(mo
     answer = JointModel(JointConfig(abstain_bias=-1e9, max_citations=2)).answer(
         "Who built the Bell Rock Lighthouse?", [s1, s0], {"d0": doc, "d1": s1.text})
     assert not answer.abstained and answer.route == "answer" and answer.text
+    assert answer.text in DOC or answer.text in s1.text  # extractive: the answer is a span of a source
     assert sorted(s.seg_id for s in answer.sources) == ["s0", "s1"]  # every source, relied-on ones first
     for c in answer.citations:
         full = {"d0": doc, "d1": s1.text}[c.doc_id]

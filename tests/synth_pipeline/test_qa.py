@@ -14,7 +14,10 @@ from synth_pipeline.qa import (
     cloze_question,
     content_words,
     detect_lang,
+    fronted_question,
+    is_prose,
     make_examples,
+    question_word,
     round_trip,
     split_by_doc,
     write_examples,
@@ -109,3 +112,25 @@ def test_examples_have_evidence_negatives_unanswerables_and_are_deterministic(tm
     table = pq.read_table(tmp_path / "qa.parquet")
     assert table.num_rows == len(rows) and b"ragless.synth.qa" in table.schema.metadata
     assert table.to_pylist()[0]["sources"][0]["text"] == rows[0]["sources"][0]["text"]
+
+
+def test_fronted_questions_ask_the_way_people_do():
+    cfg = QAConfig()
+    s = "Robert Stevenson built the lighthouse in 1810."
+    assert fronted_question(s, 0, 16, "name", "en", cfg) == "Who built the lighthouse in 1810?"
+    s = "The game was played on February 7, 2016, at Levi's Stadium."
+    assert fronted_question(s, 23, 39, "date", "en", cfg) == "When was the game played?"
+    s = "The first Super Bowl was held in Los Angeles."
+    start = s.index("Los Angeles")
+    assert question_word(s, start, "name", "Los Angeles", "en") == "Where"
+    assert fronted_question(s, start, start + 11, "name", "en", cfg) == "Where was the first Super Bowl held?"
+    assert fronted_question("Apples grow well here.", 7, 11, "thing", "en", cfg) is None  # no shape to front
+    assert is_prose(s) and not is_prose("xsltGetKey xsltGetNsProp xsltGetTemplate") and not is_prose("Too short.")
+
+
+def test_the_module_doctests_pass():
+    import doctest
+
+    import synth_pipeline.qa
+
+    assert doctest.testmod(synth_pipeline.qa).failed == 0
