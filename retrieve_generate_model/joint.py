@@ -5,7 +5,7 @@
 folder. The generator reads the question with the top-k sources and writes a structured answer::
 
     route: answer
-    sources: 2 1
+    sources: [2] [1]
     answer: Denver Broncos
     <ref id="2">The AFC champion Denver Broncos defeated the NFC champion Carolina Panthers 24–10</ref>
 
@@ -106,15 +106,16 @@ class Layout:
         self.route = ids("route:")
         self.route_word = {r: ids(" " + r) for r in ROUTES}
         self.sources = ids("\nsources:")
-        self.space = ids(" ")
+        self.source_open, self.source_close = ids(" ["), ids("]")  # " [2]": not the " 2" of numbers in answers
         self.digit = {n: ids(str(n)) for n in range(1, 10)}
         self.answer = ids("\nanswer:")
         self.ref_open = ids('\n<ref id="')
         self.ref_mid = ids('">')
         self.ref_close = ids("</ref>")
         self.newline = ids("\n")
-        for name, piece in (("space", self.space), ("newline", self.newline), *((f"digit {n}", d) for n, d in
-                                                                                 self.digit.items())):
+        singles = (("source_open", self.source_open), ("source_close", self.source_close),
+                   ("newline", self.newline), *((f"digit {n}", d) for n, d in self.digit.items()))
+        for name, piece in singles:
             if len(piece) != 1:
                 raise ValueError(f"the layout needs {name!r} to be one token of this tokenizer, got {piece}")
         if self.route_word["answer"][0] == self.route_word["abstain"][0]:
@@ -147,7 +148,7 @@ class Layout:
             return out + [self.im_end]
         out += self.sources
         for n in relied:
-            out += self.space + self.digit[n + 1]
+            out += self.source_open + self.digit[n + 1] + self.source_close
         out += self.answer + self.ids(" " + answer.strip())
         for n, quote in quotes:
             out += self.ref_open + self.digit[n + 1] + self.ref_mid + quote + self.ref_close
@@ -316,15 +317,15 @@ class _Decoder:
         self._feed(L.route_word["answer"] + L.sources)
         n_sources = len(shown)
         relied: list[int] = []
-        while len(relied) < n_sources:  # " N" per source relied on, then the newline of the answer line
-            options = [L.space[0]] + ([L.newline[0]] if relied else [])
+        while len(relied) < n_sources:  # " [N]" per source relied on, then the newline of the answer line
+            options = [L.source_open[0]] + ([L.newline[0]] if relied else [])
             if self.choose(options) == L.newline[0]:
                 break
-            self._feed(L.space)
+            self._feed(L.source_open)
             digits = {L.digit[n + 1][0]: n for n in range(n_sources) if n not in relied}
             n = digits[self.choose(list(digits))]
             relied.append(n)
-            self._feed(L.digit[n + 1])
+            self._feed(L.digit[n + 1] + L.source_close)
         self._feed(L.answer)
         text = self._extract(shown, cfg.max_answer_tokens) if cfg.extractive else self._free(cfg.max_answer_tokens)
         quotes: list[tuple[int, int, int]] = []

@@ -15,6 +15,7 @@ model is saved to ``OUT`` (`JointModel.save`), evaluated on the held-out rows, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -39,6 +40,7 @@ class JointTrainConfig:
     checkpoint_every: int = 200  # examples between saved training states
     heldout_examples: int = 60  # held-out rows decoded at the end (each ~1-2 s on 2 cores)
     bf16: bool = True  # autocast to bfloat16 on CPU (float32 master weights)
+    calibrate: bool = True  # set the decoding's abstain_bias for balanced route accuracy on the held-out rows
     seed: int = 0
 
 
@@ -94,6 +96,7 @@ def train_joint(
     if saved_cfg.is_file():
         previous = json.loads(saved_cfg.read_text())
         previous["model"] = JointConfig.from_dict(previous["model"]).trained()
+        previous["train"] = asdict(JointTrainConfig(**previous["train"]))  # fields added since: their defaults
         if previous != json.loads(json.dumps({**run, "model": model_cfg.trained()})):
             raise ValueError(f"{out} holds a run with other settings; use another --out or remove {state_dir}")
     else:
@@ -148,13 +151,54 @@ def train_joint(
             log(json.dumps(entry))
             window = []
     generator.eval()
+    heldout = read_rows(heldout_path)[: cfg.heldout_examples]
+    margins = route_margins(model, heldout)
+    bias = calibrate_abstain_bias(margins, [row["answerable"] for row in heldout]) if cfg.calibrate else 0.0
+    model.config = dataclasses.replace(model.config, abstain_bias=bias)
     model.save(out)
-    report = evaluate_joint(model, read_rows(heldout_path)[: cfg.heldout_examples], score)
-    report |= {"examples": len(order), "train_rows": len(rows)}
+    report = evaluate_joint(model, heldout, score)
+    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias}
     log_file.write(json.dumps({"heldout": report}) + "\n")
     log_file.close()
     (out / "heldout.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
+    """Per row, the generator's logit of the abstain route minus the answer route's, where it writes the route."""
+    import torch
+
+    layout, margins = model.layout, []
+    answer_tok, abstain_tok = layout.route_word["answer"][0], layout.route_word["abstain"][0]
+    for row in rows:
+        input_ids, labels = row_ids(model, row)
+        at = labels.index(next(t for t in labels if t != -100)) + len(layout.route) - 1  # predicts the route word
+        with torch.inference_mode():
+            logits = model.generator(input_ids=torch.tensor([input_ids[: at + 1]])).logits[0, -1]
+        margins.append(float(logits[abstain_tok] - logits[answer_tok]))
+    return margins
+
+
+def calibrate_abstain_bias(margins: list[float], answerable: list[bool]) -> float:
+    """The bias added to the abstain route's logit that maximizes balanced route accuracy (the mean of the accuracy
+    on answerable and on unanswerable rows) on held-out rows; 0.0 when one kind is missing. Abstain iff
+    ``margin + bias > 0``.
+
+    >>> calibrate_abstain_bias([2.0, 1.0, -1.0, -3.0], [False, True, False, True])   # 1.0 and -1.0 overlap
+    -1.5
+    """
+    pos = [m for m, a in zip(margins, answerable) if not a]
+    neg = [m for m, a in zip(margins, answerable) if a]
+    if not pos or not neg:
+        return 0.0
+    cuts = sorted(set(margins))
+    candidates = [0.0, cuts[0] - 1.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1.0]
+
+    def balanced(threshold: float) -> float:  # abstain iff margin > threshold
+        return (sum(m > threshold for m in pos) / len(pos) + sum(m <= threshold for m in neg) / len(neg)) / 2
+
+    best = max(candidates, key=lambda t: (balanced(t), -abs(t)))  # ties: the smallest correction
+    return round(-best, 4)
 
 
 def evaluate_joint(model: JointModel, rows: list[dict[str, Any]],

@@ -33,7 +33,7 @@ def test_training_targets_are_the_layout_and_quotes_are_slices_of_the_source_tok
     target = [t for t, label in zip(ids, labels) if label != -100]
     assert labels[: len(ids) - len(target)] == [-100] * (len(ids) - len(target))  # the prompt is never a label
     text = model.tokenizer.decode(target)
-    assert text == ('route: answer\nsources: 1\nanswer: Robert Stevenson\n<ref id="1"> Robert Stevenson</ref>'
+    assert text == ('route: answer\nsources: [1]\nanswer: Robert Stevenson\n<ref id="1"> Robert Stevenson</ref>'
                     "<|im_end|>")
     _, source_ids, _ = shown_source(model.layout, sources[0], 64)
     quote = target[target.index(model.layout.ref_mid[0]) + 1: -len(model.layout.ref_close) - 1]
@@ -177,3 +177,18 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out,
                     JointTrainConfig(epochs=1), model_cfg, log=lambda _: None)
+
+
+def test_abstain_bias_calibration_balances_the_two_routes():
+    import doctest
+
+    import retrieve_generate_model.train as train
+    from retrieve_generate_model.train import calibrate_abstain_bias
+
+    assert doctest.testmod(train).failed == 0
+    # separable margins: any threshold between the groups is perfect; the smallest correction is chosen
+    assert calibrate_abstain_bias([3.0, 2.0, -1.0, -2.0], [False, False, True, True]) == 0.0
+    # everything leans to abstain: the bias moves the threshold above the answerable rows' margins
+    bias = calibrate_abstain_bias([5.0, 4.0, 2.0, 1.0], [False, False, True, True])
+    assert 2.0 + bias <= 0 < 4.0 + bias
+    assert calibrate_abstain_bias([1.0, 2.0], [True, True]) == 0.0  # one kind only: nothing to balance
