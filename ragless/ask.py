@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preprocess_model.document import Segment
-from ragless.components import DEFAULT_ANSWERER, encoder_for, make_answerer
+from ragless.components import DEFAULT_ANSWERER, encoder_for, make_answerer, query_encoder_for
 from ragless.store import IndexReader
 from retrieve_generate_model.records import Answer, Source
 
@@ -42,6 +42,7 @@ class Asker:
         self.reader = IndexReader(index)
         self.encoder = encoder_for(self.reader.manifest)
         self._answerer = answerer
+        self._query_encoder = None
 
     @property
     def answerer(self):
@@ -49,6 +50,13 @@ class Asker:
         if self._answerer is None:
             self._answerer = make_answerer(self.cfg.answerer)
         return self._answerer
+
+    @property
+    def query_encoder(self):
+        """The question tower: the joint model's trained one when its checkpoint has one, else the index's encoder."""
+        if self._query_encoder is None:
+            self._query_encoder = query_encoder_for(self.cfg.answerer, self.encoder)
+        return self._query_encoder
 
     def retrieve(self, questions: list[str], k: int | None = None) -> list[list[Source]]:
         """Top-k live segments per question, best first, as `Source` records.
@@ -64,7 +72,7 @@ class Asker:
         k = min(k or self.cfg.k, len(self.reader))
         if not questions or k == 0:
             return [[] for _ in questions]
-        queries = torch.from_numpy(self.encoder.embed_queries(questions))  # (M, D)
+        queries = torch.from_numpy(self.query_encoder.embed_queries(questions))  # (M, D)
         rows, scores, log_z = retrieval_attention(queries, torch.from_numpy(self.reader.memory()), k,
                                                   scale=self.cfg.scale)
         out = []

@@ -73,6 +73,20 @@ def make_answerer(name: str = DEFAULT_ANSWERER):
     return JointModel.load(checkpoint_path(name))
 
 
+def query_encoder_for(answerer: str, index_encoder: Encoder):
+    """What embeds questions for an index: the trained question tower of the joint model ``answerer`` where its
+    checkpoint has one (``retriever/``) and the index was embedded by the base MiniLM it adapts; else the index's own
+    encoder."""
+    if answerer == PROMPTED or index_encoder.cfg.model_dir is not None:
+        return index_encoder
+    folder = checkpoint_path(answerer) / "retriever"
+    if not (folder / "retriever.json").is_file():
+        return index_encoder
+    from retrieve_generate_model.retriever import QueryEncoder
+
+    return QueryEncoder.load(folder, base=index_encoder)
+
+
 def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None) -> Encoder:
     if name != Encoder.name:
         raise ValueError(f"unknown encoder {name!r}; known: {Encoder.name}")

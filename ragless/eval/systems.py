@@ -211,7 +211,7 @@ class Ragless:
             self.name = f"ragless@{answerer}"
 
     def build(self, documents: Sequence[Document], segmenter) -> dict[str, Any]:
-        from ragless.ask import Asker
+        from ragless.ask import AskConfig, Asker
         from ragless.components import make_encoder
         from ragless.ingest import IngestConfig, IngestJob
 
@@ -220,7 +220,7 @@ class Ragless:
         encoder = self.encoder if self.encoder is not None and self.encoder.config() == shipped.config() else shipped
         job = IngestJob(index, segmenter, encoder, IngestConfig(batch_docs=512))
         report = job.ingest_documents(documents, progress=False)
-        self.asker = Asker(index)
+        self.asker = Asker(index, AskConfig(answerer=self.answerer))
         lengths = [s.char_end - s.char_start for s in self.asker.reader.iter_segments()]
         return build_facts(lengths, report.elapsed_s)
 

@@ -19,7 +19,7 @@ def index(tmp_path, encoder):
 
 
 def test_retrieval_attention_matches_exact_search_and_normalizes_over_the_memory(index):
-    asker = Asker(index, AskConfig(k=5, scale=20.0))
+    asker = Asker(index, AskConfig(k=5, scale=20.0, answerer="prompted"))  # the index encoder asks
     questions = ["Which property does the violin number 2 have?", "harbour facts", "telescope 7"]
     got = asker.retrieve(questions)
     exact = asker.reader.search(asker.encoder.embed_queries(questions), 5)  # FAISS, exact inner product
