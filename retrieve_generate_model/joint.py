@@ -203,6 +203,7 @@ class JointModel:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.generator.save_pretrained(str(folder / ADAPTER_DIR))
+        (folder / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's blank model card; the folder has one
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
 
     @classmethod

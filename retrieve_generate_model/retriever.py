@@ -77,6 +77,7 @@ class QueryEncoder:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.peft_model.save_pretrained(str(folder))
+        (folder / "README.md").unlink(missing_ok=True)  # peft's blank model card
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
 
     @classmethod
