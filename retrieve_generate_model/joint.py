@@ -292,7 +292,7 @@ class _Decoder:
     def __init__(self, model, layout: Layout, prompt: list[int], tokenizer):
         self.model, self.layout, self.tokenizer = model, layout, tokenizer
         self.past = None
-        self.logits = self._feed(prompt)
+        self._feed(prompt)
 
     def _feed(self, ids: list[int]):
         import torch
@@ -365,19 +365,8 @@ class _Decoder:
             where += [(n, p) for p in range(len(ids))] + [(n, -1)]
         if not any(ids for ids, _, _ in shown):
             return ""
-        automaton, newline = QuoteAutomaton(joined), self.layout.newline[0]
-        while automaton.length < max_tokens:
-            allowed = sorted(automaton.allowed() - {_SEPARATOR})
-            if automaton.length and _at_char_boundary(self.tokenizer, joined, automaton):
-                allowed.append(newline)
-            if not allowed:
-                break
-            token = self.choose(allowed)
-            if token == newline:
-                break
-            automaton.advance(token)
-            self._feed([token])
-        if not automaton.length or not _at_char_boundary(self.tokenizer, joined, automaton):
+        automaton = self._walk(joined, self.layout.newline[0], max_tokens)
+        if automaton is None:
             return ""
         n, first = where[automaton.first_position()]
         _, offsets, text = shown[n]
@@ -386,25 +375,28 @@ class _Decoder:
     def _quote(self, ids: list[int], offsets: list[tuple[int, int]], max_tokens: int) -> tuple[int, int] | None:
         """Walk a quote through the source's own tokens until the model closes it; its character span in the source
         text, or None when nothing whole was quoted (an empty source, or a limit reached inside a character)."""
-        if not ids:
-            return None
-        tokenizer = self.tokenizer
+        automaton = self._walk(ids, self.layout.ref_close[0], max_tokens) if ids else None
+        return automaton.span(offsets) if automaton is not None else None
+
+    def _walk(self, ids: list[int], end: int, max_tokens: int) -> QuoteAutomaton | None:
+        """Let the model write a slice of ``ids`` (never crossing a ``_SEPARATOR``), token by token, until it chooses
+        ``end`` — offered only at a character boundary — or reaches ``max_tokens``. The automaton of the slice, or
+        None when nothing whole was written (nothing at all, or the limit fell inside a character)."""
         automaton = QuoteAutomaton(ids)
-        close = self.layout.ref_close[0]
         while automaton.length < max_tokens:
-            allowed = sorted(automaton.allowed())
-            if automaton.length and _at_char_boundary(tokenizer, ids, automaton):
-                allowed.append(close)
+            allowed = sorted(automaton.allowed() - {_SEPARATOR})
+            if automaton.length and _at_char_boundary(self.tokenizer, ids, automaton):
+                allowed.append(end)
             if not allowed:
                 break
             token = self.choose(allowed)
-            if token == close:
+            if token == end:
                 break
             automaton.advance(token)
             self._feed([token])
-        if not automaton.length or not _at_char_boundary(tokenizer, ids, automaton):
-            return None  # nothing quoted, or the length limit fell inside a character: dropped rather than broken
-        return automaton.span(offsets)
+        if not automaton.length or not _at_char_boundary(self.tokenizer, ids, automaton):
+            return None
+        return automaton
 
 
 def _at_char_boundary(tokenizer, ids: list[int], automaton: QuoteAutomaton) -> bool:

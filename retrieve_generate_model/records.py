@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -22,6 +22,11 @@ class Source:
     # the retriever's probability of this segment, normalized over the whole memory (exp(scale*score - log_z));
     # None where the system does not compute one (the workflow baselines)
     weight: float | None = None
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Source:
+        """A source from a mapping with (at least) its fields, e.g. a row of a Parquet sources column."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
 @dataclass

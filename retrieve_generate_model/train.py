@@ -51,8 +51,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def row_sources(row: dict[str, Any]) -> list[Source]:
-    return [Source(s["seg_id"], s["doc_id"], s["score"], s["text"], s["char_start"], s["char_end"], title=s["title"],
-                   section=s["section"]) for s in row["sources"]]
+    return [Source.from_dict(s) for s in row["sources"]]
 
 
 def row_ids(model: JointModel, row: dict[str, Any]) -> tuple[list[int], list[int]]:

@@ -409,14 +409,15 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             draft.answer not in h.text or (not unanswerable and _holds_answer(h, draft)))][: cfg.k - 1]
         near_miss = unanswerable and rng.random() < cfg.near_miss_fraction
         rows = [_source_row(h) for h in negatives]
+        at = min(rank if rank is not None else len(rows), len(rows))  # the evidence where the retriever put it
         if unanswerable and near_miss:
             a, b = draft.sentence
             cut = (gold.text[:a] + gold.text[b:]).replace("  ", " ").strip()
             if draft.answer in cut or not cut:
                 continue
-            rows.insert(min(rank if rank is not None else len(rows), len(rows)), _source_row(gold, cut))
+            rows.insert(at, _source_row(gold, cut))
         elif not unanswerable:
-            rows.insert(min(rank if rank is not None else len(rows), len(rows)), _source_row(gold))
+            rows.insert(at, _source_row(gold))
         if not rows:
             continue
         kind = "near-miss" if near_miss else "withheld" if unanswerable else "span"
@@ -424,7 +425,7 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
         if not unanswerable:
             gold_at = next(i for i, r in enumerate(rows) if r["seg_id"] == gold.seg_id)
             relied = [gold_at]  # the evidence first; then other sources that hold the answer in context
-            relied += [i for i, r in enumerate(rows) if i != gold_at and _holds_answer(_as_source(r), draft)]
+            relied += [i for i, r in enumerate(rows) if i != gold_at and _holds_answer(Source.from_dict(r), draft)]
             q_start, q_end = clip_quote(gold.text, draft.sentence, *draft.answer_span, cfg.max_quote_words)
             quote = {"source": gold_at, "start": q_start, "end": q_end}
         yield {
@@ -446,11 +447,6 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             "quote_start": quote["start"] if quote else -1,
             "quote_end": quote["end"] if quote else -1,
         }
-
-
-def _as_source(row: dict[str, Any]) -> Source:
-    return Source(row["seg_id"], row["doc_id"], row["score"], row["text"], row["char_start"], row["char_end"],
-                  title=row["title"], section=row["section"])
 
 
 # --------------------------------------------------------------------------------------------------------- Parquet
