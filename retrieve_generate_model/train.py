@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieve_generate_model.joint import JointConfig, JointModel
+from retrieve_generate_model.joint import AnswerNotShown, Example, JointConfig, JointModel
 from retrieve_generate_model.records import Source
 
 
@@ -41,6 +41,9 @@ class JointTrainConfig:
     heldout_examples: int = 60  # held-out rows decoded at the end (each ~1-2 s on 2 cores)
     bf16: bool = True  # autocast to bfloat16 on CPU (float32 master weights)
     calibrate: bool = True  # set the decoding's abstain_bias for balanced route accuracy on the held-out rows
+    head_examples: int = 800  # answerable rows the span head is trained on (those the generator did not see first)
+    head_epochs: int = 4
+    head_lr: float = 1e-3
     seed: int = 0
 
 
@@ -54,11 +57,27 @@ def row_sources(row: dict[str, Any]) -> list[Source]:
     return [Source.from_dict(s) for s in row["sources"]]
 
 
-def row_ids(model: JointModel, row: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """The training (input_ids, labels) of one row of `synth_pipeline.qa`."""
+def row_example(model: JointModel, row: dict[str, Any]) -> Example:
+    """The training example of one row of `synth_pipeline.qa` (the answer is a span of the evidence, which is the
+    quoted source); `AnswerNotShown` when the model would not see the answer."""
     quotes = [(row["quote_source"], row["quote_start"], row["quote_end"])] if row["quote_source"] >= 0 else []
     route = "answer" if row["answerable"] else "abstain"
-    return model.example_ids(row["question"], row_sources(row), route, list(row["relied"]), row["answer"], quotes)
+    span = (row["quote_source"], row["answer_start"], row["answer_end"]) if row["answerable"] else None
+    return model.example(row["question"], row_sources(row), route, list(row["relied"]), row["answer"], quotes,
+                         answer_span=span)
+
+
+def shown_rows(model: JointModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose answer the model reads: an answer past ``max_source_tokens`` of its source cannot be
+    learned from what is shown (teaching it would teach answering from nothing)."""
+    kept = []
+    for row in rows:
+        try:
+            row_example(model, row)
+        except AnswerNotShown:
+            continue
+        kept.append(row)
+    return kept
 
 
 def _order(n: int, cfg: JointTrainConfig) -> list[int]:
@@ -89,7 +108,6 @@ def train_joint(
     state_dir = out / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
     rows = read_rows(train_path)
-    order = _order(len(rows), cfg)
     saved_cfg = state_dir / "run.json"
     run = {"train": asdict(cfg), "model": asdict(model_cfg), "train_path": str(train_path), "rows": len(rows)}
     if saved_cfg.is_file():
@@ -103,6 +121,10 @@ def train_joint(
 
     torch.manual_seed(cfg.seed)
     model = JointModel(model_cfg)
+    read, rows = len(rows), shown_rows(model, rows)
+    if read > len(rows):
+        log(f"{read - len(rows)} of {read} rows skipped: the answer lies past max_source_tokens of its source")
+    order = _order(len(rows), cfg)
     generator = model.generator
     params = [p for p in generator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -129,9 +151,9 @@ def train_joint(
     window: list[float] = []
     t0 = time.perf_counter()
     for i in range(start, len(order)):
-        input_ids, labels = row_ids(model, rows[order[i]])
+        ex = row_example(model, rows[order[i]])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = generator(input_ids=torch.tensor([input_ids]), labels=torch.tensor([labels])).loss
+            loss = generator(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
         (loss / cfg.grad_accum).backward()
         window.append(float(loss.detach()))
         done = i + 1
@@ -150,7 +172,12 @@ def train_joint(
             log(json.dumps(entry))
             window = []
     generator.eval()
-    heldout = read_rows(heldout_path)[: cfg.heldout_examples]
+    if model.span_head is not None:
+        seen = set(order)
+        head_rows = [r for j, r in enumerate(rows) if j not in seen] + [rows[j] for j in dict.fromkeys(order)]
+        train_span_head(model, [r for r in head_rows if r["answerable"]][: cfg.head_examples], cfg,
+                        state_dir / f"span_head-r{model.config.span_head_rank}.safetensors", log_file, log)
+    heldout = shown_rows(model, read_rows(heldout_path))[: cfg.heldout_examples]
     margins = route_margins(model, heldout)
     bias = calibrate_abstain_bias(margins, [row["answerable"] for row in heldout]) if cfg.calibrate else 0.0
     model.config = dataclasses.replace(model.config, abstain_bias=bias)
@@ -163,6 +190,55 @@ def train_joint(
     return report
 
 
+def train_span_head(model: JointModel, rows: list[dict[str, Any]], cfg: JointTrainConfig, state: Path,
+                    log_file, log: Callable[[str], None] = print) -> None:
+    """Train ``model.span_head`` on the frozen generator's states of ``rows`` (answerable ones): the states are
+    computed once (float32, as at decoding), then the head is fitted over them for ``head_epochs``. Its weights are
+    kept in ``state``; a rerun loads them instead of training again."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from retrieve_generate_model.span_head import span_loss
+
+    head = model.span_head
+    if state.is_file():
+        head.load_state_dict(load_file(str(state)))
+        return
+    t0 = time.perf_counter()
+    examples = []
+    for row in rows:
+        ex = row_example(model, row)
+        if ex.query_at is None or not ex.answer_spans:
+            continue
+        with torch.inference_mode():  # causal: the states up to the query position are those of the whole example
+            states = model.generator(input_ids=torch.tensor([ex.input_ids[: ex.query_at + 1]]),
+                                     output_hidden_states=True).hidden_states[-1][0]
+        positions = [p for b, e in ex.source_ranges for p in range(b, e)]
+        index = {p: i for i, p in enumerate(positions)}
+        starts = sorted({index[a] for a, _ in ex.answer_spans})
+        ends = sorted({index[b] for _, b in ex.answer_spans})
+        examples.append((states[positions].clone(), states[ex.query_at].clone(), starts, ends))
+    log(f"span head: states of {len(examples)} rows in {time.perf_counter() - t0:.0f}s")
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.head_lr, weight_decay=0.01)
+    rng = random.Random(cfg.seed)
+    head.train()
+    for epoch in range(cfg.head_epochs):
+        rng.shuffle(examples)
+        total = 0.0
+        for n, (tokens, query, starts, ends) in enumerate(examples, start=1):
+            loss = span_loss(*head(tokens, query), starts, ends)
+            (loss / cfg.grad_accum).backward()
+            total += float(loss.detach())
+            if n % cfg.grad_accum == 0 or n == len(examples):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        entry = {"span_head_epoch": epoch + 1, "loss": round(total / max(len(examples), 1), 4)}
+        log_file.write(json.dumps(entry) + "\n")
+        log(json.dumps(entry))
+    head.eval()
+    save_file(head.state_dict(), str(state))
+
+
 def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
     """Per row, the generator's logit of the abstain route minus the answer route's, where it writes the route."""
     import torch
@@ -170,10 +246,10 @@ def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
     layout, margins = model.layout, []
     answer_tok, abstain_tok = layout.route_word["answer"][0], layout.route_word["abstain"][0]
     for row in rows:
-        input_ids, labels = row_ids(model, row)
-        at = labels.index(next(t for t in labels if t != -100)) + len(layout.route) - 1  # predicts the route word
+        ex = row_example(model, row)
+        at = ex.labels.index(next(t for t in ex.labels if t != -100)) + len(layout.route) - 1  # predicts the route
         with torch.inference_mode():
-            logits = model.generator(input_ids=torch.tensor([input_ids[: at + 1]])).logits[0, -1]
+            logits = model.generator(input_ids=torch.tensor([ex.input_ids[: at + 1]])).logits[0, -1]
         margins.append(float(logits[abstain_tok] - logits[answer_tok]))
     return margins
 
@@ -207,10 +283,10 @@ def evaluate_joint(model: JointModel, rows: list[dict[str, Any]],
 
     routes, ems, f1s, losses, cited = [], [], [], [], []
     for row in rows:
-        input_ids, labels = row_ids(model, row)
+        ex = row_example(model, row)
         with torch.inference_mode():
-            losses.append(float(model.generator(input_ids=torch.tensor([input_ids]),
-                                                labels=torch.tensor([labels])).loss))
+            losses.append(float(model.generator(input_ids=torch.tensor([ex.input_ids]),
+                                                labels=torch.tensor([ex.labels])).loss))
         answer = model.answer(row["question"], row_sources(row))
         routes.append(answer.abstained == (not row["answerable"]))
         if row["answerable"] and score is not None:

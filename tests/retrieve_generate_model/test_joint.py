@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import string
 
 import pytest
 import torch
 
-from retrieve_generate_model.joint import ABSTAIN_TEXT, JointConfig, JointModel, Layout, _Decoder, shown_source
+from retrieve_generate_model.joint import (
+    ABSTAIN_TEXT,
+    AnswerNotShown,
+    JointConfig,
+    JointModel,
+    Layout,
+    _Decoder,
+    shown_source,
+)
 from retrieve_generate_model.records import Source
 
 DOC = ("The Bell Rock Lighthouse stands off the coast of Angus, Scotland. It was built between 1807 and 1810 by "
@@ -28,8 +38,9 @@ def model() -> JointModel:
 def test_training_targets_are_the_layout_and_quotes_are_slices_of_the_source_tokens(model):
     sources = [source(DOC, 0), source("Apples are pressed within days of picking.", 1)]
     start = DOC.index("Robert Stevenson")
-    ids, labels = model.example_ids("Who built it?", sources, "answer", [0], "Robert Stevenson",
-                                    [(0, start, start + len("Robert Stevenson"))])
+    ex = model.example("Who built it?", sources, "answer", [0], "Robert Stevenson",
+                       [(0, start, start + len("Robert Stevenson"))])
+    ids, labels = ex.input_ids, ex.labels
     target = [t for t, label in zip(ids, labels) if label != -100]
     assert labels[: len(ids) - len(target)] == [-100] * (len(ids) - len(target))  # the prompt is never a label
     text = model.tokenizer.decode(target)
@@ -41,9 +52,45 @@ def test_training_targets_are_the_layout_and_quotes_are_slices_of_the_source_tok
     prompt = ids[: len(ids) - len(target)]
     assert any(prompt[p: p + len(source_ids)] == source_ids for p in range(len(prompt)))  # the same ids as read
 
-    ids, labels = model.example_ids("Who?", sources, "abstain", [], "", [])
+    ex = model.example("Who?", sources, "abstain", [], "", [])
+    ids, labels = ex.input_ids, ex.labels
     assert model.tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]) == \
         "route: abstain<|im_end|>"
+
+
+def test_an_extractive_answer_is_taught_as_the_slice_of_source_tokens_the_decoder_walks(model):
+    """" 35" is read as a space token and digit tokens: the target is the digits as the source has them, which is
+    what the decoder can write, not the answer tokenized on its own; an answer cut off from the shown source
+    raises."""
+    sources = [source("Apples are pressed within days of picking.", 1), source(DOC, 0)]
+    start = DOC.index("35 miles")
+    ex = model.example("How far does the light shine?", sources, "answer", [1], "35 miles", [],
+                       answer_span=(1, start, start + len("35 miles")))
+    ids, labels = ex.input_ids, ex.labels
+    target = [t for t, label in zip(ids, labels) if label != -100]
+    layout = model.layout
+    at = next(p for p in range(len(target)) if target[p: p + len(layout.answer)] == layout.answer)
+    answer = target[at + len(layout.answer): target.index(layout.im_end)]
+    _, source_ids, offsets = shown_source(layout, sources[1], 64)
+    assert any(source_ids[p: p + len(answer)] == answer for p in range(len(source_ids)))
+    assert answer != layout.ids(" 35 miles")
+    assert model.tokenizer.decode(answer).strip() == "35 miles"
+    cut = JointModel.__new__(JointModel)  # the same model reading 8 tokens of each source
+    cut.__dict__ |= model.__dict__ | {"config": JointConfig(max_source_tokens=8)}
+    with pytest.raises(AnswerNotShown):
+        cut.example("How far?", sources, "answer", [1], "35 miles", [], answer_span=(1, start, start + 8))
+
+
+def test_the_question_comes_before_the_sources_too_when_configured(model):
+    layout, sources = model.layout, [source(DOC, 0)]
+    shown = [shown_source(layout, s, 64)[1] for s in sources]
+    first_ids, starts = layout.prompt("Who built it?", shown, ["Doc 0"], "sys", question_first=True)
+    first = model.tokenizer.decode(first_ids)
+    last = model.tokenizer.decode(layout.prompt("Who built it?", shown, ["Doc 0"], "sys")[0])
+    assert first_ids[starts[0]: starts[0] + len(shown[0])] == shown[0]
+    assert first.count("Question: Who built it?") == 2 and last.count("Question: Who built it?") == 1
+    assert first.index("Question:") < first.index("[1] Doc 0") < first.rindex("Question:")
+    assert JointConfig.from_dict({}).question_first is False  # a checkpoint saved before the field: without it
 
 
 class RandomLogits(torch.nn.Module):
@@ -108,6 +155,27 @@ def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(mo
         assert full[c.char_start: c.char_end] == c.quote and c.quote
 
 
+def test_span_head_answers_are_spans_of_a_source(model):
+    """Whatever the head's weights, the answer it picks is a span of a source (one relied on) of at most
+    max_answer_tokens tokens, and the citations still map into the sources."""
+    rng = random.Random(7)
+    answering = JointModel.__new__(JointModel)  # the fixture's model, never abstaining
+    answering.__dict__ |= model.__dict__ | {"config": dataclasses.replace(model.config, abstain_bias=-1e9)}
+    for trial in range(6):
+        torch.manual_seed(trial)
+        for layer in answering.span_head.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+        sources = [source(_random_text(rng), n) for n in range(rng.randint(1, 3))]
+        answer = answering.answer("What does the text say?", sources)
+        assert not answer.abstained and answer.text
+        assert any(answer.text in s.text for s in sources), answer.text
+        n_tokens = len(model.tokenizer(answer.text, add_special_tokens=False)["input_ids"])
+        assert n_tokens <= model.config.max_answer_tokens + 1  # +1: a leading space token stripped off
+        for c in answer.citations:
+            assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
+
+
 def test_abstention_path(model):
     m = JointModel(JointConfig(abstain_bias=1e9))
     answer = m.answer("Who built it?", [source(DOC)])
@@ -157,8 +225,13 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     losses = [line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     first, last = (float(line.split('"loss": ')[1].split(",")[0]) for line in (losses[0], losses[-1]))
     assert last < first  # the loss falls
+    head_losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+                   if "span_head_epoch" in line]
+    assert len(head_losses) == cfg.head_epochs and head_losses[-1] < head_losses[0]  # the span head learns too
 
     loaded = JointModel.load(out)
+    assert all(torch.equal(v, model_v) for v, model_v in zip(loaded.span_head.state_dict().values(),
+                                                            JointModel.load(out).span_head.state_dict().values()))
     fresh = JointModel(model_cfg)
     trained = {k: v for k, v in loaded.generator.state_dict().items() if "lora_B" in k}
     assert trained and any(v.abs().sum() > 0 for v in trained.values())  # the adapters moved (B starts at zero)
