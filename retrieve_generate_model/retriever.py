@@ -9,6 +9,12 @@ segment, the other questions' evidence in the batch (in-batch negatives) and the
 next to the evidence without the answer (hard negatives), with the InfoNCE loss at the retrieval scale (20, the scale
 the scores are normalized with at answer time).
 
+The link to the generator (`generator_targets`): for each row, the trained generator's likelihood of the gold answer
+given each of the row's sources alone becomes a distribution over those sources, and the retriever's distribution
+over the same sources is trained toward it (KL, Atlas' perplexity distillation, Izacard et al. 2022) — so the
+retriever learns which segments the generator can actually answer from, not only which one the synthetic data made
+the question from.
+
     encoder = QueryEncoder.load("checkpoints/joint/retriever")     # or QueryEncoder() for fresh adapters
     Q = encoder.embed_queries(["Who built the lighthouse?"])        # (M, 384) float32, unit norm
 """
@@ -47,6 +53,8 @@ class RetrieverTrainConfig:
     batch_size: int = 32  # questions per step; their evidence segments are each other's negatives
     hard_negatives: int = 3  # per question, from the sources the base retriever ranked for it
     lr: float = 5e-4
+    contrastive_weight: float = 1.0  # weight of InfoNCE on the evidence (in-batch and hard negatives)
+    distill_weight: float = 1.0  # weight of KL(generator's preference || retriever) where targets are given
     seed: int = 0
 
 
@@ -115,16 +123,53 @@ def _examples(rows: list[dict[str, Any]], hard: int) -> list[tuple[str, str, lis
     return out
 
 
+def generator_targets(model, rows: list[dict[str, Any]], temperature: float = 1.0) -> list[list[float] | None]:
+    """Per row, the distribution over its sources (as many as the model reads) that the generator ``model``
+    (`JointModel`) prefers: softmax over sources of log p(gold answer | question, that source alone) / temperature.
+    None for an unanswerable row or one with a single source (nothing to compare)."""
+    import torch
+
+    from retrieve_generate_model.train import row_sources
+
+    layout, cfg = model.layout, model.config
+    out: list[list[float] | None] = []
+    for row in rows:
+        sources = row_sources(row)[: cfg.k]
+        if not row["answerable"] or len(sources) < 2:
+            out.append(None)
+            continue
+        n = len(layout.ids(" " + row["answer"].strip()))
+        scores = []
+        for source in sources:  # the answer as words (this source may not hold it), after "sources: [1]"
+            ex = model.example(row["question"], [source], "answer", [0], row["answer"], [])
+            answer_ids = ex.input_ids[ex.query_at + 1: ex.query_at + 1 + n]
+            with torch.inference_mode():
+                logits = model.generator(input_ids=torch.tensor([ex.input_ids[: ex.query_at + n]])).logits[0]
+            logp = logits[ex.query_at:].float().log_softmax(-1)
+            scores.append(float(logp[torch.arange(n), torch.tensor(answer_ids)].sum()))
+        out.append(torch.tensor(scores).div(temperature).softmax(-1).tolist())
+    return out
+
+
 def train_retriever(rows: list[dict[str, Any]], encoder: QueryEncoder, cfg: RetrieverTrainConfig | None = None,
-                    log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train ``encoder``'s adapters in place on the rows of `synth_pipeline.qa`; returns the per-epoch log."""
+                    log: Callable[[str], None] = print,
+                    targets: list[list[float] | None] | None = None) -> list[dict[str, Any]]:
+    """Train ``encoder``'s adapters in place on the rows of `synth_pipeline.qa`; returns the per-epoch log.
+    ``targets`` (aligned with ``rows``, from `generator_targets`) add the distillation loss on the rows that have
+    one: KL(target || softmax(scale * q . p_j)) over the row's sources."""
     import torch
 
     cfg = cfg or RetrieverTrainConfig()
     examples = _examples(rows, cfg.hard_negatives)
     if not examples:
         raise ValueError("no answerable rows to train the retriever on")
-    passages = sorted({p for _, gold, negs in examples for p in [gold, *negs]})
+    distill = {}  # question -> (its sources' passage texts, target distribution)
+    for row, target in zip(rows, targets or []):
+        if target is not None:
+            distill[row["question"]] = ([passage_text(x["text"], x["title"], x["section"])
+                                        for x in row["sources"][: len(target)]], target)
+    passages = sorted({p for _, gold, negs in examples for p in [gold, *negs]}
+                      | {p for texts, _ in distill.values() for p in texts})
     index = {p: i for i, p in enumerate(passages)}
     P = torch.from_numpy(encoder.base.embed_passages(passages))  # (N, D) frozen: the index's own vectors
     params = [p for p in encoder.peft_model.parameters() if p.requires_grad]
@@ -143,7 +188,11 @@ def train_retriever(rows: list[dict[str, Any]], encoder: QueryEncoder, cfg: Retr
             q = encoder.forward([question for question, _, _ in batch])  # (B, D)
             logits = encoder.config.scale * q @ P[cand].T  # (B, C): every evidence and hard negative of the batch
             target = torch.tensor([where[index[gold]] for _, gold, _ in batch])
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            loss = cfg.contrastive_weight * torch.nn.functional.cross_entropy(logits, target)
+            kl = [_distill_kl(encoder.config.scale * q[b] @ P[[index[p] for p in distill[question][0]]].T,
+                              distill[question][1]) for b, (question, _, _) in enumerate(batch) if question in distill]
+            if kl:
+                loss = loss + cfg.distill_weight * torch.stack(kl).mean()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -154,6 +203,14 @@ def train_retriever(rows: list[dict[str, Any]], encoder: QueryEncoder, cfg: Retr
         log(json.dumps(entry))
     encoder.model.eval()
     return history
+
+
+def _distill_kl(logits, target: list[float]):
+    """KL(target || softmax(logits)) over one row's sources."""
+    import torch
+
+    t = torch.tensor(target)
+    return (t * (t.clamp_min(1e-12).log() - logits.log_softmax(-1))).sum()
 
 
 def rank_of_evidence(encoder, rows: list[dict[str, Any]]) -> dict[str, float]:

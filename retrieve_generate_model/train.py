@@ -44,6 +44,7 @@ class JointTrainConfig:
     head_examples: int = 800  # answerable rows the span head is trained on (those the generator did not see first)
     head_epochs: int = 4
     head_lr: float = 1e-3
+    retriever_examples: int = 400  # answerable rows the question tower is trained on with the generator's targets
     seed: int = 0
 
 
@@ -172,18 +173,23 @@ def train_joint(
             log(json.dumps(entry))
             window = []
     generator.eval()
+    seen = set(order)  # the later stages learn from rows the generator did not train on first
+    later = [r for j, r in enumerate(rows) if j not in seen and r["answerable"]]
+    later += [rows[j] for j in dict.fromkeys(order) if rows[j]["answerable"]]
     if model.span_head is not None:
-        seen = set(order)
-        head_rows = [r for j, r in enumerate(rows) if j not in seen] + [rows[j] for j in dict.fromkeys(order)]
-        train_span_head(model, [r for r in head_rows if r["answerable"]][: cfg.head_examples], cfg,
+        train_span_head(model, later[: cfg.head_examples], cfg,
                         state_dir / f"span_head-r{model.config.span_head_rank}.safetensors", log_file, log)
+    retriever = {}
+    if cfg.retriever_examples:
+        retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,
+                                         out / "retriever", log_file, log)
     heldout = shown_rows(model, read_rows(heldout_path))[: cfg.heldout_examples]
     margins = route_margins(model, heldout)
     bias = calibrate_abstain_bias(margins, [row["answerable"] for row in heldout]) if cfg.calibrate else 0.0
     model.config = dataclasses.replace(model.config, abstain_bias=bias)
     model.save(out)
     report = evaluate_joint(model, heldout, score)
-    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias}
+    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias, **retriever}
     log_file.write(json.dumps({"heldout": report}) + "\n")
     log_file.close()
     (out / "heldout.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -237,6 +243,36 @@ def train_span_head(model: JointModel, rows: list[dict[str, Any]], cfg: JointTra
         log(json.dumps(entry))
     head.eval()
     save_file(head.state_dict(), str(state))
+
+
+def train_question_tower(model: JointModel, rows: list[dict[str, Any]], heldout: list[dict[str, Any]],
+                         cfg: JointTrainConfig, folder: Path, log_file, log: Callable[[str], None] = print
+                         ) -> dict[str, Any]:
+    """The link from generation to retrieval: the trained generator's preference among each row's sources
+    (`retriever.generator_targets`) is distilled into the retriever's question tower, with the contrastive loss on
+    the evidence beside it (`retriever.train_retriever`); saved in ``folder`` (a rerun keeps what is there).
+    Returns the held-out rank of the evidence among each row's sources before and after."""
+    from retrieve_generate_model.retriever import (
+        CONFIG_FILE,
+        QueryEncoder,
+        RetrieverTrainConfig,
+        generator_targets,
+        rank_of_evidence,
+        train_retriever,
+    )
+
+    if (folder / CONFIG_FILE).is_file():
+        tower = QueryEncoder.load(folder)
+    else:
+        t0 = time.perf_counter()
+        targets = generator_targets(model, rows)
+        log(f"retriever: generator targets for {sum(t is not None for t in targets)} rows in "
+            f"{time.perf_counter() - t0:.0f}s")
+        tower = QueryEncoder()
+        for entry in train_retriever(rows, tower, RetrieverTrainConfig(seed=cfg.seed), log=log, targets=targets):
+            log_file.write(json.dumps({"retriever": entry}) + "\n")
+        tower.save(folder)
+    return {"retriever_base": rank_of_evidence(tower.base, heldout), "retriever": rank_of_evidence(tower, heldout)}
 
 
 def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:

@@ -176,6 +176,22 @@ def test_span_head_answers_are_spans_of_a_source(model):
             assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
 
 
+def test_generator_targets_prefer_the_source_that_holds_the_answer(model):
+    """The link's targets: the base generator (fresh adapters) already finds the answer likelier given the source
+    that states it than given an unrelated one."""
+    from retrieve_generate_model.retriever import generator_targets
+
+    def src(n, text):
+        return {"seg_id": f"s{n}", "doc_id": f"d{n}", "title": "", "section": "", "text": text, "char_start": 0,
+                "char_end": len(text), "score": 0.0}
+
+    row = {"question": "In what year was the Bell Rock Lighthouse finished?", "answer": "1810", "answerable": True,
+           "sources": [src(0, "Apples are pressed within days of picking, and the juice is kept cold."), src(1, DOC)]}
+    (target,) = generator_targets(model, [row])
+    assert len(target) == 2 and abs(sum(target) - 1) < 1e-5 and target[1] > target[0]
+    assert generator_targets(model, [{**row, "answerable": False}]) == [None]
+
+
 def test_abstention_path(model):
     m = JointModel(JointConfig(abstain_bias=1e9))
     answer = m.answer("Who built it?", [source(DOC)])
@@ -222,6 +238,7 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
                          log=lambda _: None)
     assert report["n"] == 2 and report["examples"] == 18
+    assert (out / "retriever" / "retriever.json").is_file() and report["retriever"]["n"] == 2  # the question tower
     losses = [line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     first, last = (float(line.split('"loss": ')[1].split(",")[0]) for line in (losses[0], losses[-1]))
     assert last < first  # the loss falls
