@@ -5,10 +5,17 @@ One example at a time (no padding: prompts differ in length by hundreds of token
 there), bfloat16 autocast where the CPU has it (AMX/AVX-512 BF16: ~1.7x faster than float32 on the machine measured).
 Labels cover the structured answer only, never the prompt.
 
+After the generator, two stages learn from its frozen weights, on rows it did not train on first:
+
+- the answer-span head (`train_span_head`): start/end scores over source tokens from the generator's states;
+- the link to retrieval (`train_question_tower`): the generator's likelihood of the gold answer given each source
+  alone, as a distribution over the row's sources, distilled into the retriever's question tower (with the
+  contrastive loss beside it); saved as ``OUT/retriever/``.
+
 Resumable: every ``checkpoint_every`` examples the adapters, the optimizer, the scheduler and the position in the
-(seeded) example order are saved under ``OUT/state/``; the same command continues from there. When training ends the
-model is saved to ``OUT`` (`JointModel.save`), evaluated on the held-out rows, and a line per event is in
-``OUT/log.jsonl``.
+(seeded) example order are saved under ``OUT/state/``; the same command continues from there, and a finished stage is
+not run again. When training ends the model is saved to ``OUT`` (`JointModel.save`), evaluated on the held-out rows,
+and a line per event is in ``OUT/log.jsonl``.
 
     report = train_joint("data/qa/train.parquet", "data/qa/heldout.parquet", "checkpoints/joint", JointTrainConfig())
 """
