@@ -8,7 +8,9 @@ preprocessing model cut, so the training sources look like the ones retrieved at
 2. **Questions**: where the sentence's shape allows, the question people would ask, with its question word in front
    (`fronted_question`: "Who built the lighthouse?" when the span is the subject, "When was the game played?" when an
    auxiliary precedes it); otherwise the sentence around the span with the span taken out and a question word for
-   its kind in front (`cloze_question`, the "wh-cloze" questions of Lewis et al. 2019, unsupervised QA). They teach
+   its kind in front (`cloze_question`, the "wh-cloze" questions of Lewis et al. 2019, unsupervised QA), or, with
+   ``cloze="in-situ"``, the clause kept whole and grammatical with a question phrase in the span's place
+   (`in_situ_question`: "The tower opened on what date in Paris?"). They teach
    the model to find the sentence that matches the question and copy the span it asks for; the question word (by
    kind, and for names by context: Who, Where, What) tells what kind of span to copy.
 3. **Round trip** (`round_trip`): a pair is kept only if answering the question from its segment recovers the span:
@@ -55,10 +57,16 @@ class QAConfig:
     near_miss_fraction: float = 0.5  # of the unanswerables: evidence kept with the answer's sentence cut out
     max_answer_words: int = 6
     window_words: int = 12  # words of the sentence kept on each side of the span in the question
-    drop_function_words: float = 0.25  # probability of dropping each function word of the question
+    drop_function_words: float = 0.25  # wh-cloze: probability of dropping each function word of the question
     min_shared_words: int = 2  # content words the question must share with the answer's sentence
     max_quote_words: int = 30  # the supporting quote: the answer's sentence, clipped around the span to this
     fronted: float = 0.8  # share of spans asked with the question word in front where the sentence allows it
+    cloze: str = "wh-cloze"  # the other questions: "wh-cloze" (question word, then the clause's words without the
+    #                          span) or "in-situ" (the question phrase in the span's place, the clause whole)
+
+    def __post_init__(self) -> None:
+        if self.cloze not in ("in-situ", "wh-cloze"):
+            raise ValueError(f"cloze must be 'in-situ' or 'wh-cloze', got {self.cloze!r}")
 
 
 # ------------------------------------------------------------------------------------------------------- languages
@@ -194,6 +202,48 @@ def cloze_question(sentence: str, start: int, end: int, kind: str, lang: str, rn
     if words and words[0][0].isupper() and words[0].lower() in fw:
         words[0] = words[0].lower()  # "The tower" -> "When the tower": the question word starts the sentence
     return f"{_WH[lang][kind]} {' '.join(words)}?"
+
+
+# the question phrase put in the span's place (in-situ), by kind; a preposition before a place is taken in ("where")
+_IN_SITU = {
+    "en": {"date": "what date", "year": "what year", "number": "how many", "measure": "how much", "name": "what",
+           "quoted": "what title", "thing": "what", "person": "who", "place": "where"},
+    "fr": {"date": "quelle date", "year": "quelle année", "number": "combien", "measure": "combien", "name": "quoi",
+           "quoted": "quel titre", "thing": "quoi", "person": "qui", "place": "où"},
+}
+
+
+def in_situ_question(sentence: str, start: int, end: int, kind: str, lang: str, cfg: QAConfig) -> str:
+    """The question with its question phrase where the span was, the clause kept whole and in order:
+
+    >>> in_situ_question("The tower opened on 31 March 1889 in Paris.", 20, 33, "date", "en", QAConfig())
+    'The tower opened on what date in Paris?'
+    >>> s = "At their spring meetings in Boston, the owners awarded the game to Santa Clara."
+    >>> in_situ_question(s, s.index("Santa"), len(s) - 1, "name", "en", QAConfig())
+    'The owners awarded the game to who?'
+    >>> in_situ_question("He was born in Newcastle in 1901.", 15, 24, "name", "en", QAConfig())
+    'He was born where in 1901?'
+
+    A grammatical question (unlike the wh-cloze's word list) that keeps the sentence's words, which is what the
+    reader must match; a clause too short to ask about gives way to the whole sentence, and at most
+    ``window_words`` words are kept on each side.
+    """
+    span = sentence[start:end]
+    c_start, c_end = _clause(sentence, start, end)
+    if len(_WORD.findall(sentence[c_start:start] + " " + sentence[end:c_end])) < 4:
+        c_start, c_end = 0, len(sentence)
+    left = sentence[c_start:start].split()[-cfg.window_words:] if cfg.window_words else []
+    right = sentence[end:c_end].split()[: cfg.window_words] if cfg.window_words else []
+    wh = question_word(sentence, start, kind, span, lang)
+    phrase = _IN_SITU[lang]["place" if wh == _WH[lang]["place"] else "person" if wh == _WH[lang]["person"] else kind]
+    if phrase == _IN_SITU[lang]["place"] and left and left[-1].lower() in _PLACE_PREPOSITIONS:
+        left = left[:-1]  # "born in Newcastle" -> "born where"
+    if left and left[-1].lower() in ("the", "a", "an", "le", "la", "les", "un", "une"):
+        left = left[:-1]
+    words = left + [phrase] + right
+    question = " ".join(words).strip(" ,;:.!?")
+    question = re.sub(r"\s+([,;:])", r"\1", question)
+    return question[:1].upper() + question[1:] + "?"
 
 
 def question_word(sentence: str, start: int, kind: str, span: str, lang: str) -> str:
@@ -354,8 +404,10 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         sentence = text[sent[0]:sent[1]]
         start, end = a_start - sent[0], a_end - sent[0]
         question = fronted_question(sentence, start, end, kind, lang, cfg) if rng.random() < cfg.fronted else None
-        origin = "fronted" if question else "cloze"
-        question = question or cloze_question(sentence, start, end, kind, lang, rng, cfg)
+        origin = "fronted" if question else cfg.cloze
+        if question is None:
+            question = in_situ_question(sentence, start, end, kind, lang, cfg) if cfg.cloze == "in-situ" else \
+                cloze_question(sentence, start, end, kind, lang, rng, cfg)
         answer = text[a_start:a_end]
         if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
             drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts), origin))

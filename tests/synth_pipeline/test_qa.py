@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pyarrow.parquet as pq
+import pytest
 
 from retrieve_generate_model.records import Source
 from synth_pipeline.qa import (
@@ -15,6 +16,7 @@ from synth_pipeline.qa import (
     content_words,
     detect_lang,
     fronted_question,
+    in_situ_question,
     is_prose,
     make_examples,
     question_word,
@@ -75,6 +77,18 @@ def test_cloze_question_and_round_trip():
     assert not round_trip(q + " Robert Stevenson", "Robert Stevenson", text, sent, "en", 2)  # answer in question
     assert not round_trip("Who or what?", "Robert Stevenson", text, sent, "en", 2)  # nothing to find it by
     assert detect_lang(TEXTS[3][1]) == "fr" and detect_lang(text) == "en"
+
+
+def test_in_situ_questions_keep_the_clause_and_survive_the_round_trip():
+    text = TEXTS[0][1]
+    sentence = "It was built between 1807 and 1810 by Robert Stevenson."
+    start = sentence.index("Robert Stevenson")
+    q = in_situ_question(sentence, start, start + len("Robert Stevenson"), "name", "en", QAConfig())
+    assert q == "It was built between 1807 and 1810 by who?"
+    sent = (text.index("It was"), text.index("Stevenson.") + len("Stevenson."))
+    assert round_trip(q, "Robert Stevenson", text, sent, "en", 2)
+    with pytest.raises(ValueError, match="cloze"):
+        QAConfig(cloze="other")
 
 
 def test_clip_quote_keeps_the_span_and_clips_long_sentences():
