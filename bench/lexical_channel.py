@@ -1,0 +1,148 @@
+"""The retriever's learned lexical channel against BM25 and the dense MiniLM, in gold-passage mode.
+
+Trains `retrieve_generate_model.lexical` on synthetic rows (`ragless synth qa`, corpus text only) and scores, on the
+benchmarks' own passages (the harness's `gold` corpus mode, its retrieval metrics and question samples):
+
+- ``workflow-bm25`` and ``workflow-dense`` (the harness's baselines, unchanged);
+- ``lexical-untrained``: the channel before training (every content word-piece weighs 1), fused with the dense score;
+- ``lexical-trained``: the trained term weights and ``alpha``, fused with the dense score;
+- ``lexical-only``: the trained channel alone.
+
+    python bench/lexical_channel.py --data ../shared/data --train data/qa/train-en-v2/train.parquet
+
+Writes bench/results/lexical_channel.json and the "Learned lexical channel" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.common import git_commit, machine, markdown_table, save_results, update_benchmarks_md  # noqa: E402
+from ragless.eval.datasets import load  # noqa: E402
+from ragless.eval.harness import EvalConfig, _unit, score_retrieval, summarize  # noqa: E402
+from ragless.eval.systems import PassageSegmenter, make_system  # noqa: E402
+from retrieve_generate_model.encoder import Encoder, passage_text  # noqa: E402
+from retrieve_generate_model.lexical import (  # noqa: E402
+    LexicalModel,
+    LexicalTrainConfig,
+    lexical_scores,
+    mean_pooled,
+    token_states,
+    train_lexical,
+    vocab_mask,
+)
+from retrieve_generate_model.records import Source  # noqa: E402
+
+DATASETS = (("squad-v1.1", 1000), ("squad-v2.0", 1000), ("spf-fr", 0), ("scifact", 0))
+
+
+class Fused:
+    """Dense MiniLM + the lexical channel over the same segments: ``scale * cos + alpha * lexical`` (or one alone)."""
+
+    def __init__(self, name: str, model: LexicalModel, encoder: Encoder, mode: str = "fused"):
+        self.name, self.model, self.encoder, self.mode = name, model, encoder, mode
+
+    def build(self, documents, segmenter) -> dict:
+        self.docs = {d.doc_id: d for d in documents}
+        self.segments = [s for segs in segmenter.segment(documents) for s in segs]
+        texts = [passage_text(s.text, self.docs[s.doc_id].title, s.section) for s in self.segments]
+        states = token_states(self.encoder, texts)
+        self.dense = torch.stack([mean_pooled(st) for _, st in states]).numpy()
+        self.sparse = self.model.sparse(states, "passage")
+        return {"segments": len(self.segments)}
+
+    def retrieve(self, questions, k: int) -> list[list[Source]]:
+        states = token_states(self.encoder, list(questions))
+        q_dense = torch.stack([mean_pooled(st) for _, st in states]).numpy()
+        lex = lexical_scores(self.model.sparse(states, "query"), self.sparse)
+        dense = self.model.config.scale * (q_dense @ self.dense.T)
+        alpha = float(self.model.alpha.detach())
+        scores = {"fused": dense + alpha * lex, "lexical": lex, "dense": dense}[self.mode]
+        out = []
+        for row in scores:
+            top = np.argsort(-row, kind="stable")[:k]
+            out.append([self._source(i, float(row[i])) for i in top])
+        return out
+
+    def _source(self, i: int, score: float) -> Source:
+        s = self.segments[i]
+        return Source(seg_id=s.seg_id, doc_id=s.doc_id, score=score, text=s.text, char_start=s.char_start,
+                      char_end=s.char_end, title=self.docs[s.doc_id].title, section=s.section)
+
+
+def run(system, evalset, cfg: EvalConfig) -> dict:
+    t0 = time.perf_counter()
+    build = system.build(evalset.documents, PassageSegmenter(evalset.passages))
+    unit = _unit(evalset.name)
+    rows = []
+    for i in range(0, len(evalset.questions), 64):
+        batch = evalset.questions[i: i + 64]
+        for q, sources in zip(batch, system.retrieve([q.question for q in batch], cfg.k)):
+            rows.append({"qid": q.qid, **score_retrieval(q, sources, unit)})
+    result = summarize(system.name, evalset.name, cfg, rows, build)
+    return {"system": system.name, "n": result.n, "metrics": result.metrics, "ci": result.ci,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--train", required=True, help="synthetic rows (Parquet from `ragless synth qa`)")
+    ap.add_argument("--only", help="datasets starting with this")
+    ap.add_argument("--out", default="lexical_channel")
+    args = ap.parse_args()
+
+    import pyarrow.parquet as pq
+
+    encoder = Encoder()
+    mask = vocab_mask(encoder)
+    torch.manual_seed(0)
+    untrained = LexicalModel(vocab_mask=mask)
+    trained = LexicalModel(vocab_mask=mask)
+    rows = pq.read_table(args.train).to_pylist()
+    t0 = time.perf_counter()
+    history = train_lexical(rows, trained, encoder, LexicalTrainConfig(), log=lambda m: print(m, file=sys.stderr))
+    train_s = round(time.perf_counter() - t0, 1)
+    report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [],
+              "command": "python bench/lexical_channel.py --data ../shared/data --train " + args.train}
+    for dataset, limit in DATASETS:
+        if args.only and not dataset.startswith(args.only):
+            continue
+        cfg = EvalConfig(dataset=dataset, data=args.data, corpus="gold", limit=limit, retrieval_only=True)
+        evalset = load(dataset, args.data, limit=limit or None, seed=cfg.seed)
+        lang = evalset.questions[0].lang
+        systems = [make_system("workflow-bm25", lang=lang), make_system("workflow-dense", lang=lang, encoder=encoder),
+                   Fused("lexical-untrained", untrained, encoder), Fused("lexical-trained", trained, encoder),
+                   Fused("lexical-only", trained, encoder, mode="lexical")]
+        for system in systems:
+            result = run(system, evalset, cfg)
+            result["dataset"] = dataset
+            report["results"].append(result)
+            print(json.dumps({k: result[k] for k in ("dataset", "system", "n")} | {
+                m: result["metrics"].get(m) for m in ("recall@1", "recall@5", "mrr@10", "ndcg@10")}), file=sys.stderr)
+    save_results(args.out, report)
+    header = ["dataset", "system", "n", "recall@1", "recall@5", "mrr@10", "ndcg@10"]
+    table = []
+    for r in report["results"]:
+        cells = []
+        for m in header[3:]:
+            v, ci = r["metrics"].get(m), r["ci"].get(m)
+            cells.append("" if v is None else f"{v:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else ""))
+        table.append([r["dataset"], r["system"], r["n"], *cells])
+    host = machine()
+    update_benchmarks_md("lexical-channel", f"`{report['command']}`, commit {git_commit()}, "
+                         f"{host['cpu']} ({host['cores']} cores); the channel trained in "
+                         f"{train_s} s.\n\n" + markdown_table(header, table))
+
+
+if __name__ == "__main__":
+    main()
