@@ -48,20 +48,27 @@ DATASETS = (("squad-v1.1", 1000), ("squad-v2.0", 1000), ("spf-fr", 0), ("scifact
 class Fused:
     """Dense MiniLM + the lexical channel over the same segments: ``scale * cos + alpha * lexical`` (or one alone)."""
 
-    def __init__(self, name: str, model: LexicalModel, encoder: Encoder, mode: str = "fused"):
+    def __init__(self, name: str, model: LexicalModel, encoder: Encoder, mode: str = "fused",
+                 cache: dict | None = None):
         self.name, self.model, self.encoder, self.mode = name, model, encoder, mode
+        self.cache = {} if cache is None else cache  # text -> MiniLM states, shared by the systems of one dataset
+
+    def _states(self, texts: list[str]):
+        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        self.cache.update(zip(missing, token_states(self.encoder, missing)))
+        return [self.cache[t] for t in texts]
 
     def build(self, documents, segmenter) -> dict:
         self.docs = {d.doc_id: d for d in documents}
         self.segments = [s for segs in segmenter.segment(documents) for s in segs]
         texts = [passage_text(s.text, self.docs[s.doc_id].title, s.section) for s in self.segments]
-        states = token_states(self.encoder, texts)
+        states = self._states(texts)
         self.dense = torch.stack([mean_pooled(st) for _, st in states]).numpy()
         self.sparse = self.model.sparse(states, "passage")
         return {"segments": len(self.segments)}
 
     def retrieve(self, questions, k: int) -> list[list[Source]]:
-        states = token_states(self.encoder, list(questions))
+        states = self._states(list(questions))
         q_dense = torch.stack([mean_pooled(st) for _, st in states]).numpy()
         lex = lexical_scores(self.model.sparse(states, "query"), self.sparse)
         dense = self.model.config.scale * (q_dense @ self.dense.T)
@@ -87,7 +94,7 @@ def run(system, evalset, cfg: EvalConfig) -> dict:
     for i in range(0, len(evalset.questions), 64):
         batch = evalset.questions[i: i + 64]
         for q, sources in zip(batch, system.retrieve([q.question for q in batch], cfg.k)):
-            rows.append({"qid": q.qid, **score_retrieval(q, sources, unit)})
+            rows.append({"qid": q.qid, **score_retrieval(q, sources, unit), "timings": {}})
     result = summarize(system.name, evalset.name, cfg, rows, build)
     return {"system": system.name, "n": result.n, "metrics": result.metrics, "ci": result.ci,
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -99,6 +106,7 @@ def main() -> None:
     ap.add_argument("--train", required=True, help="synthetic rows (Parquet from `ragless synth qa`)")
     ap.add_argument("--only", help="datasets starting with this")
     ap.add_argument("--out", default="lexical_channel")
+    ap.add_argument("--model", help="save the trained channel here, or load it from here when it is there")
     args = ap.parse_args()
 
     import pyarrow.parquet as pq
@@ -108,21 +116,30 @@ def main() -> None:
     torch.manual_seed(0)
     untrained = LexicalModel(vocab_mask=mask)
     trained = LexicalModel(vocab_mask=mask)
-    rows = pq.read_table(args.train).to_pylist()
     t0 = time.perf_counter()
-    history = train_lexical(rows, trained, encoder, LexicalTrainConfig(), log=lambda m: print(m, file=sys.stderr))
+    if args.model and (Path(args.model) / "lexical.json").is_file():  # trained by an earlier run with --model
+        trained, history = LexicalModel.load(args.model, encoder), json.loads(
+            (Path(args.model) / "history.json").read_text())
+    else:
+        rows = pq.read_table(args.train).to_pylist()
+        history = train_lexical(rows, trained, encoder, LexicalTrainConfig(), log=lambda m: print(m, file=sys.stderr))
+        if args.model:
+            trained.save(args.model)
+            (Path(args.model) / "history.json").write_text(json.dumps(history))
     train_s = round(time.perf_counter() - t0, 1)
     report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [],
-              "command": "python bench/lexical_channel.py --data ../shared/data --train " + args.train}
+              "command": "python " + " ".join(sys.argv)}
     for dataset, limit in DATASETS:
         if args.only and not dataset.startswith(args.only):
             continue
         cfg = EvalConfig(dataset=dataset, data=args.data, corpus="gold", limit=limit, retrieval_only=True)
         evalset = load(dataset, args.data, limit=limit or None, seed=cfg.seed)
         lang = evalset.questions[0].lang
+        cache: dict = {}
         systems = [make_system("workflow-bm25", lang=lang), make_system("workflow-dense", lang=lang, encoder=encoder),
-                   Fused("lexical-untrained", untrained, encoder), Fused("lexical-trained", trained, encoder),
-                   Fused("lexical-only", trained, encoder, mode="lexical")]
+                   Fused("lexical-untrained", untrained, encoder, cache=cache),
+                   Fused("lexical-trained", trained, encoder, cache=cache),
+                   Fused("lexical-only", trained, encoder, mode="lexical", cache=cache)]
         for system in systems:
             result = run(system, evalset, cfg)
             result["dataset"] = dataset
