@@ -69,7 +69,7 @@ def command(dataset: str, corpus: str, limit: int, retrieval_only: bool) -> str:
 
 
 def run_plan(data: str, only: str | None, kind: str | None, force: bool, systems: tuple[str, ...] = (),
-             corpus_mode: str | None = None) -> None:
+             corpus_mode: str | None = None, per_question: str | None = None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for dataset, corpus, limit, retrieval_only in PLAN:
         if (only and not dataset.startswith(only)) or (kind and (kind == "retrieval") != retrieval_only):
@@ -86,6 +86,10 @@ def run_plan(data: str, only: str | None, kind: str | None, force: bool, systems
         report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr))
         wall = round(time.perf_counter() - t0, 1)
         run = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "wall_s": wall}
+        if per_question:  # kept outside the repository (megabytes), for analyses the tables do not make
+            Path(per_question).mkdir(parents=True, exist_ok=True)
+            rows = {r["system"]: r["per_question"] for r in report["results"]}
+            (Path(per_question) / path.name).write_text(json.dumps(rows, ensure_ascii=False))
         for result in report["results"]:  # per-question rows stay out of the repository (megabytes); `ragless eval
             result.pop("per_question")  # --out` keeps them for whoever wants them
             result["run"] = run
@@ -177,10 +181,11 @@ def main() -> None:
     parser.add_argument("--systems", default="", help="run only these systems (comma-separated) and merge their "
                         "results into the existing reports")
     parser.add_argument("--tables-only", action="store_true", help="rebuild BENCHMARKS.md from existing reports")
+    parser.add_argument("--per-question", help="also write each run's per-question rows into this folder")
     args = parser.parse_args()
     if not args.tables_only:
         run_plan(args.data, args.only, args.kind, args.force, tuple(s for s in args.systems.split(",") if s),
-                 args.corpus)
+                 args.corpus, args.per_question)
     update_benchmarks_md("eval", tables())
 
 
