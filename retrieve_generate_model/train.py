@@ -54,6 +54,13 @@ class JointTrainConfig:
     retriever_examples: int = 400  # answerable rows the question tower is trained on with the generator's targets
     seed: int = 0
 
+    # fields of the stages after the generator and of the final evaluation: a rerun may change them
+    LATER = ("heldout_examples", "calibrate", "head_examples", "head_epochs", "head_lr", "retriever_examples")
+
+    def generator_run(self) -> dict[str, Any]:
+        """The fields that change what the generator's training computes."""
+        return {k: v for k, v in asdict(self).items() if k not in self.LATER}
+
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
@@ -121,8 +128,9 @@ def train_joint(
     if saved_cfg.is_file():
         previous = json.loads(saved_cfg.read_text())
         previous["model"] = JointConfig.from_dict(previous["model"]).trained()
-        previous["train"] = asdict(JointTrainConfig(**previous["train"]))  # fields added since: their defaults
-        if previous != json.loads(json.dumps({**run, "model": model_cfg.trained()})):
+        previous["train"] = JointTrainConfig(**previous["train"]).generator_run()  # fields added since: defaults
+        now = {**run, "train": cfg.generator_run(), "model": model_cfg.trained()}
+        if json.loads(json.dumps(previous)) != json.loads(json.dumps(now)):
             raise ValueError(f"{out} holds a run with other settings; use another --out or remove {state_dir}")
     else:
         saved_cfg.write_text(json.dumps(run, indent=1) + "\n")
@@ -184,8 +192,8 @@ def train_joint(
     later = [r for j, r in enumerate(rows) if j not in seen and r["answerable"]]
     later += [rows[j] for j in dict.fromkeys(order) if rows[j]["answerable"]]
     if model.span_head is not None:
-        train_span_head(model, later[: cfg.head_examples], cfg,
-                        state_dir / f"span_head-r{model.config.span_head_rank}.safetensors", log_file, log)
+        name = f"span_head-r{model.config.span_head_rank}-n{cfg.head_examples}-e{cfg.head_epochs}-lr{cfg.head_lr}"
+        train_span_head(model, later[: cfg.head_examples], cfg, state_dir / f"{name}.safetensors", log_file, log)
     retriever = {}
     if cfg.retriever_examples:
         retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,

@@ -263,7 +263,11 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     with pytest.raises(FileNotFoundError):
         JointModel.load(tmp_path)
 
-    # resumable: the same command over a finished run only re-evaluates; other settings are refused
+    # resumable: the same command over a finished run only re-evaluates (the head and the question tower kept);
+    # other settings are refused
+    again_report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
+                               log=lambda _: None)
+    assert again_report["examples"] == report["examples"] and again_report["route_accuracy"] == report["route_accuracy"]
     with pytest.raises(ValueError, match="other settings"):
         train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out,
                     JointTrainConfig(epochs=1), model_cfg, log=lambda _: None)
