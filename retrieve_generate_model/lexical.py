@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrieve_generate_model.encoder import Encoder, passage_text
+from retrieve_generate_model.encoder import Encoder
+from retrieve_generate_model.retriever import _examples
 
 CONFIG_FILE = "lexical.json"
 WEIGHTS_FILE = "lexical.safetensors"
@@ -167,18 +168,6 @@ def lexical_scores(queries: Sequence[tuple[np.ndarray, np.ndarray]],
     return np.asarray((matrix(queries) @ matrix(passages).T).todense(), dtype=np.float32)
 
 
-def _examples(rows: list[dict[str, Any]], hard: int) -> list[tuple[str, str, list[str]]]:
-    out = []
-    for row in rows:
-        if not row["answerable"]:
-            continue
-        gold = row["sources"][row["relied"][0]]
-        negatives = [s for i, s in enumerate(row["sources"]) if i not in row["relied"]][:hard]
-        out.append((row["question"], passage_text(gold["text"], gold["title"], gold["section"]),
-                    [passage_text(s["text"], s["title"], s["section"]) for s in negatives]))
-    return out
-
-
 def train_lexical(rows: list[dict[str, Any]], model: LexicalModel, encoder: Encoder,
                   cfg: LexicalTrainConfig | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Fit the term weights and ``alpha`` in place: InfoNCE over each batch's evidence and hard negatives, under the
@@ -218,7 +207,8 @@ def train_lexical(rows: list[dict[str, Any]], model: LexicalModel, encoder: Enco
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        entry = {"epoch": epoch + 1, "loss": round(sum(losses) / len(losses), 4), "alpha": round(float(model.alpha.detach()), 4)}
+        alpha = round(float(model.alpha.detach()), 4)
+        entry = {"epoch": epoch + 1, "loss": round(sum(losses) / len(losses), 4), "alpha": alpha}
         history.append(entry)
         log(json.dumps(entry))
     model.eval()

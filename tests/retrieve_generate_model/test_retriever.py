@@ -4,6 +4,7 @@ distilled from the generator's preferences."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from retrieve_generate_model.retriever import QueryEncoder, RetrieverTrainConfig, rank_of_evidence, train_retriever
 
@@ -41,21 +42,31 @@ def test_training_moves_the_evidence_up_and_round_trips(tmp_path, encoder):
 
 def test_distillation_moves_the_retriever_toward_the_generators_preference(encoder):
     """Targets that prefer each row's second source (as if the generator answered best from it): trained on them
-    alone, the question tower ranks that source first."""
+    alone, the question tower's distribution over each row's sources moves toward them (KL down by more than 30%) and
+    ranks that source first more often."""
+    torch.manual_seed(0)  # the adapters' initialization
     q = QueryEncoder(base=encoder)
     data = rows()
     targets = [[0.05, 0.9, 0.05] for _ in data]
 
     def second_first() -> float:
+        return float(np.mean([int(np.argmax(p)) == 1 for p in preferences()]))
+
+    def kl() -> float:  # KL(targets || the retriever's distribution over each row's sources)
+        return float(np.mean([sum(t * np.log(t / x) for t, x in zip(target, p))
+                              for target, p in zip(targets, preferences())]))
+
+    def preferences() -> list[np.ndarray]:
         from retrieve_generate_model.encoder import passage_text
 
-        hits = []
+        out = []
         for row, vec in zip(data, q.embed_queries([r["question"] for r in data])):
             P = encoder.embed_passages([passage_text(s["text"], "", "") for s in row["sources"]])
-            hits.append(int(np.argmax(P @ vec)) == 1)
-        return float(np.mean(hits))
+            logits = q.config.scale * (P @ vec)
+            out.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+        return out
 
-    before = second_first()
+    before, kl_before = second_first(), kl()
     cfg = RetrieverTrainConfig(epochs=8, batch_size=4, lr=3e-3, contrastive_weight=0.0, distill_weight=1.0)
     train_retriever(data, q, cfg, log=lambda _: None, targets=targets)
-    assert second_first() > before and second_first() >= 0.75
+    assert second_first() > before and kl() < 0.7 * kl_before
