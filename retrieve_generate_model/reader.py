@@ -1,0 +1,257 @@
+"""The answer reader: where in the sources the answer starts and ends, read by the shared MiniLM backbone.
+
+The generator writes the answer line token by token, but an extractive answer is a choice of two positions, and a
+135M causal model reads a source token knowing only what came before it. The reader is the extractive head of
+Devlin et al. (2019) on the joint model's other backbone: MiniLM reads the question and one source together
+(``[CLS] question [SEP] source [SEP]``, every token seeing both ways), a linear layer scores each source token as
+the answer's start and as its end. It costs one MiniLM forward per source read (tens of milliseconds on a CPU),
+against the generator's seconds.
+
+Sources are scored together (shared normalization, Clark & Gardner 2018): training normalizes the start and end
+scores over the tokens of the evidence *and* of sources without the answer, so a span's score says how much better
+it is than every span of every source, not only of its own — the same scores rank the spans across the sources at
+answer time. The target marginalizes over every occurrence of the answer in what is read.
+
+Adapters on the backbone (LoRA through ``peft``, every linear layer of the blocks) and the head are trained on the
+rows of `synth_pipeline.qa` (`train_reader`); they ship in the checkpoint's ``reader/`` folder.
+
+    reader = Reader.load("checkpoints/joint/reader")
+    spans = reader.spans("When did the tower open?", ["The tower opened on 5 May 1889.", "Paris is large."])
+    spans[0]   # the best span of either: Span(source=0, char_start=20, char_end=30, score=...), "5 May 1889"
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from retrieve_generate_model.encoder import Encoder
+
+CONFIG_FILE = "reader.json"
+HEAD_FILE = "reader_head.safetensors"
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")  # every linear layer of MiniLM's blocks
+    max_tokens: int = 384  # question + source word pieces per read (MiniLM has 512 positions); the source is cut
+    max_question_tokens: int = 64
+    max_answer_tokens: int = 30  # word pieces of the longest span an answer may be
+
+
+@dataclass(frozen=True)
+class ReaderTrainConfig:
+    epochs: int = 2
+    batch_size: int = 8  # rows per step; each reads its evidence and ``negatives`` other sources
+    negatives: int = 1  # sources without the answer read beside the evidence, normalized together
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Span:
+    source: int  # position of the source among those read
+    char_start: int
+    char_end: int
+    score: float  # start + end logit: comparable across the sources of one read
+
+
+class Reader:
+    """A private copy of the base MiniLM with LoRA adapters and a start/end head (see the module docstring)."""
+
+    def __init__(self, config: ReaderConfig | None = None, folder: str | Path | None = None,
+                 base: Encoder | None = None):
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        self.config = config or ReaderConfig()
+        base = base or Encoder()
+        transformer = base.model[0]
+        self.tokenizer = transformer.tokenizer
+        bert = copy.deepcopy(transformer.auto_model)  # the shared, cached MiniLM stays the passage tower
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            if folder is not None:
+                self.model = PeftModel.from_pretrained(bert, str(folder))
+            else:
+                lora = LoraConfig(r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                                  target_modules=list(self.config.lora_targets))
+                self.model = get_peft_model(bert, lora)
+        self.head = torch.nn.Linear(bert.config.hidden_size, 2)
+        if folder is not None:
+            from safetensors.torch import load_file
+
+            self.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+        self.eval()
+
+    def eval(self) -> None:
+        self.model.eval()
+        self.head.eval()
+
+    def save(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder))
+        (folder / "README.md").unlink(missing_ok=True)  # peft's blank model card
+        save_file(self.head.state_dict(), str(folder / HEAD_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path, base: Encoder | None = None) -> Reader:
+        folder = Path(folder)
+        data = json.loads((folder / CONFIG_FILE).read_text())
+        config = ReaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return cls(config, folder=folder, base=base)
+
+    # -- reading
+
+    def _encode(self, question: str, texts: Sequence[str]):
+        """The batch of (question, source) pairs; per pair, the character offsets of its source tokens (None
+        elsewhere)."""
+        cfg = self.config
+        question_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"][: cfg.max_question_tokens]
+        question = self.tokenizer.decode(question_ids)
+        enc = self.tokenizer([question] * len(texts), list(texts), truncation="only_second", padding=True,
+                             max_length=cfg.max_tokens, return_offsets_mapping=True, return_tensors="pt")
+        offsets = []
+        for b in range(len(texts)):
+            ids = enc.sequence_ids(b)
+            offsets.append([tuple(o) if s == 1 else None for s, o in zip(ids, enc["offset_mapping"][b].tolist())])
+        enc.pop("offset_mapping")
+        return enc, offsets
+
+    def logits(self, question: str, texts: Sequence[str]):
+        """Start and end logits [len(texts), T] over each pair's tokens, -inf outside the source; and the
+        offsets of `_encode`."""
+        import torch
+
+        enc, offsets = self._encode(question, texts)
+        states = self.model(**enc).last_hidden_state  # [B, T, H]
+        scores = self.head(states)  # [B, T, 2]
+        outside = torch.tensor([[o is None for o in row] for row in offsets])
+        scores = scores.masked_fill(outside[..., None], float("-inf"))
+        return scores[..., 0], scores[..., 1], offsets
+
+    def spans(self, question: str, texts: Sequence[str], top: int = 5) -> list[Span]:
+        """Each text's ``top`` best spans (each at most ``max_answer_tokens`` word pieces) as character spans of
+        the texts, all sorted best first (scores are comparable across the texts)."""
+        import torch
+
+        if not texts:
+            return []
+        with torch.inference_mode():
+            start, end, offsets = self.logits(question, texts)
+        out = []
+        n = self.config.max_answer_tokens
+        for b, row in enumerate(offsets):
+            T = len(row)
+            pair = start[b][:, None] + end[b][None, :]  # [first, last]
+            i = torch.arange(T)
+            band = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + n)
+            pair = pair.masked_fill(~band, float("-inf"))
+            best = pair.flatten().topk(min(top, T * T))
+            for score, flat in zip(best.values.tolist(), best.indices.tolist()):
+                if score == float("-inf"):
+                    break
+                first, last = divmod(flat, T)
+                out.append(Span(b, row[first][0], row[last][1], score))
+        return sorted(out, key=lambda s: -s.score)
+
+    # -- training
+
+    def loss(self, question: str, texts: Sequence[str], answer: str):
+        """Negative log-likelihood of the answer's start and end, normalized over the tokens of all ``texts``
+        together and marginalized over every occurrence of ``answer`` in what is read; None when what is read does
+        not hold it (it was cut off)."""
+        import torch
+
+        start, end, offsets = self.logits(question, texts)
+        starts, ends = [], []
+        T = start.shape[1]
+        for b, (text, row) in enumerate(zip(texts, offsets)):
+            for a, z in occurrences(text, answer):
+                first = [t for t, o in enumerate(row) if o is not None and o[0] <= a < o[1]]
+                last = [t for t, o in enumerate(row) if o is not None and o[0] < z <= o[1]]
+                if first and last:
+                    starts.append(b * T + first[0])
+                    ends.append(b * T + last[0])
+        if not starts:
+            return None
+        s, e = start.flatten().log_softmax(-1), end.flatten().log_softmax(-1)
+        return -(s[sorted(set(starts))].logsumexp(-1) + e[sorted(set(ends))].logsumexp(-1)) / 2
+
+
+def occurrences(text: str, answer: str) -> list[tuple[int, int]]:
+    """Every (start, end) character span of ``answer`` in ``text``.
+
+    >>> occurrences("a cat, a cat", "cat")
+    [(2, 5), (9, 12)]
+    """
+    out, at = [], text.find(answer) if answer else -1
+    while at >= 0:
+        out.append((at, at + len(answer)))
+        at = text.find(answer, at + 1)
+    return out
+
+
+def reader_examples(rows: list[dict[str, Any]], negatives: int) -> list[tuple[str, list[str], str]]:
+    """(question, [evidence text, negative source texts...], answer) of the answerable rows of `synth_pipeline.qa`;
+    negatives are the row's sources that do not contain the answer."""
+    out = []
+    for row in rows:
+        if not row["answerable"] or not row["answer"].strip():
+            continue
+        evidence = row["sources"][row["quote_source"]]["text"]
+        others = [s["text"] for s in row["sources"] if row["answer"] not in s["text"]][:negatives]
+        out.append((row["question"], [evidence, *others], row["answer"]))
+    return out
+
+
+def train_reader(rows: list[dict[str, Any]], reader: Reader, cfg: ReaderTrainConfig | None = None,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train ``reader``'s adapters and head in place on the rows of `synth_pipeline.qa`; returns the per-epoch log."""
+    import torch
+
+    cfg = cfg or ReaderTrainConfig()
+    examples = reader_examples(rows, cfg.negatives)
+    if not examples:
+        raise ValueError("no answerable rows to train the reader on")
+    params = [p for p in reader.model.parameters() if p.requires_grad] + list(reader.head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    steps = cfg.epochs * ((len(examples) + cfg.batch_size - 1) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
+    rng = random.Random(cfg.seed)
+    history = []
+    reader.model.train()
+    reader.head.train()
+    for epoch in range(cfg.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        losses, skipped, t0 = [], 0, time.perf_counter()
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [reader.loss(*examples[i]) for i in order[start: start + cfg.batch_size]]
+            kept = [x for x in batch if x is not None]
+            skipped += len(batch) - len(kept)
+            if kept:
+                loss = torch.stack(kept).mean()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+        entry = {"epoch": epoch + 1, "loss": round(sum(losses) / max(len(losses), 1), 4), "examples": len(examples),
+                 "skipped": skipped, "seconds": round(time.perf_counter() - t0, 1)}
+        history.append(entry)
+        log(json.dumps(entry))
+    reader.eval()
+    return history
