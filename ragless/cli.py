@@ -34,7 +34,7 @@ from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
-from retrieve_generate_model.reader import ReaderConfig, ReaderTrainConfig
+from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
@@ -287,14 +287,13 @@ def _cmd_train_joint(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_reader(args: argparse.Namespace) -> int:
-    from retrieve_generate_model.reader import ReaderConfig, ReaderTrainConfig
     from retrieve_generate_model.train import train_reader_alone
 
     for path in [*args.train, args.heldout]:
         if not Path(path).is_file():
             raise UsageError(f"ragless train reader: no file {path} (make one with `ragless synth qa`)")
     try:
-        cfg, reader_cfg = from_args(ReaderTrainConfig, args), from_args(ReaderConfig, args)
+        cfg, reader_cfg = from_args(AnswerReaderTrainConfig, args), from_args(AnswerReaderConfig, args)
         report = train_reader_alone(args.train, args.heldout, args.out, cfg, reader_cfg,
                                     log=lambda msg: print(msg, file=sys.stderr))
     except (TypeError, ValueError) as e:
@@ -387,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--train", required=True, action="append", help="training rows (`ragless synth qa`; repeatable)")
     m.add_argument("--heldout", required=True, help="held-out rows, read when training ends")
     m.add_argument("--out", required=True, help="folder of the reader, e.g. checkpoints/joint/reader")
-    add_dataclass_args(m, ReaderTrainConfig)
-    add_dataclass_args(m, ReaderConfig, skip=("lora_targets",))
+    add_dataclass_args(m, AnswerReaderTrainConfig)
+    add_dataclass_args(m, AnswerReaderConfig, skip=("lora_targets",))
     m.set_defaults(func=_cmd_train_reader)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")

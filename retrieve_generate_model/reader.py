@@ -15,7 +15,7 @@ answer time. The target marginalizes over every occurrence of the answer in what
 Adapters on the backbone (LoRA through ``peft``, every linear layer of the blocks) and the head are trained on the
 rows of `synth_pipeline.qa` (`train_reader`); they ship in the checkpoint's ``reader/`` folder.
 
-    reader = Reader.load("checkpoints/joint/reader")
+    reader = AnswerReader.load("checkpoints/joint/reader")
     spans = reader.spans("When did the tower open?", ["The tower opened on 5 May 1889.", "Paris is large."])
     spans[0]   # the best span of either: Span(source=0, char_start=20, char_end=30, score=...), "5 May 1889"
 """
@@ -39,17 +39,29 @@ HEAD_FILE = "reader_head.safetensors"
 
 
 @dataclass(frozen=True)
-class ReaderConfig:
+class AnswerReaderConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = ("query", "key", "value", "dense")  # every linear layer of MiniLM's blocks
-    max_tokens: int = 384  # question + source word pieces per read (MiniLM has 512 positions); the source is cut
+    max_tokens: int = 384  # question + source word pieces per window (MiniLM has 512 positions)
+    stride: int = 128  # word pieces that consecutive windows of a longer source share
     max_question_tokens: int = 64
     max_answer_tokens: int = 30  # word pieces of the longest span an answer may be
+    # "no answer" is an option the reader scores (start and end on [CLS], as for SQuAD 2.0), trained on the rows
+    # whose sources do not hold the answer; `no_answer_margin` is its score above the best span's
+    null_answer: bool = False
+
+    def __post_init__(self):
+        room = self.max_tokens - self.max_question_tokens - 3  # [CLS] question [SEP] source [SEP]
+        if room < 8:
+            raise ValueError(f"max_tokens {self.max_tokens} leaves {room} word pieces of source after a question of "
+                             f"up to max_question_tokens {self.max_question_tokens}: need at least 8")
+        if not 0 <= self.stride < room:
+            raise ValueError(f"stride {self.stride} must be below the {room} word pieces of source a window holds")
 
 
 @dataclass(frozen=True)
-class ReaderTrainConfig:
+class AnswerReaderTrainConfig:
     epochs: int = 2
     batch_size: int = 8  # rows per step; each reads its evidence and ``negatives`` other sources
     negatives: int = 1  # sources without the answer read beside the evidence, normalized together
@@ -65,15 +77,27 @@ class Span:
     score: float  # start + end logit: comparable across the sources of one read
 
 
-class Reader:
+def no_answer_margin(spans: list[Span], null: float | None) -> float | None:
+    """How far "no answer" scores above the best span (positive: the reader would rather not answer); None for a
+    reader without that option.
+
+    >>> no_answer_margin([Span(0, 0, 4, 2.5)], 4.0), no_answer_margin([], 1.0), no_answer_margin([], None)
+    (1.5, inf, None)
+    """
+    if null is None:
+        return None
+    return null - spans[0].score if spans else float("inf")
+
+
+class AnswerReader:
     """A private copy of the base MiniLM with LoRA adapters and a start/end head (see the module docstring)."""
 
-    def __init__(self, config: ReaderConfig | None = None, folder: str | Path | None = None,
+    def __init__(self, config: AnswerReaderConfig | None = None, folder: str | Path | None = None,
                  base: Encoder | None = None):
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        self.config = config or ReaderConfig()
+        self.config = config or AnswerReaderConfig()
         base = base or Encoder()
         transformer = base.model[0]
         self.tokenizer = transformer.tokenizer
@@ -107,79 +131,104 @@ class Reader:
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path, base: Encoder | None = None) -> Reader:
+    def load(cls, folder: str | Path, base: Encoder | None = None) -> AnswerReader:
         folder = Path(folder)
         data = json.loads((folder / CONFIG_FILE).read_text())
-        config = ReaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        config = AnswerReaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
         return cls(config, folder=folder, base=base)
 
     # -- reading
 
     def _encode(self, question: str, texts: Sequence[str]):
-        """The batch of (question, source) pairs; per pair, the character offsets of its source tokens (None
-        elsewhere)."""
+        """The batch of (question, source window) pairs: a source longer than ``max_tokens`` is read in windows
+        that overlap by ``stride`` word pieces (as extractive QA pipelines read long documents). Returns the batch,
+        per window the character offsets of its source tokens (None elsewhere), and per window its text's index."""
         cfg = self.config
         question_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"][: cfg.max_question_tokens]
         question = self.tokenizer.decode(question_ids)
         enc = self.tokenizer([question] * len(texts), list(texts), truncation="only_second", padding=True,
-                             max_length=cfg.max_tokens, return_offsets_mapping=True, return_tensors="pt")
+                             max_length=cfg.max_tokens, stride=cfg.stride, return_overflowing_tokens=True,
+                             return_offsets_mapping=True, return_tensors="pt")
         offsets = []
-        for b in range(len(texts)):
+        for b in range(enc["input_ids"].shape[0]):
             ids = enc.sequence_ids(b)
             offsets.append([tuple(o) if s == 1 else None for s, o in zip(ids, enc["offset_mapping"][b].tolist())])
         enc.pop("offset_mapping")
-        return enc, offsets
+        windows = enc.pop("overflow_to_sample_mapping").tolist()
+        return enc, offsets, windows
 
     def logits(self, question: str, texts: Sequence[str]):
-        """Start and end logits [len(texts), T] over each pair's tokens, -inf outside the source; and the
-        offsets of `_encode`."""
+        """Start and end logits [windows, T] over each window's tokens, -inf outside the source; and the
+        offsets and text indices of `_encode`."""
         import torch
 
-        enc, offsets = self._encode(question, texts)
+        enc, offsets, windows = self._encode(question, texts)
         states = self.model(**enc).last_hidden_state  # [B, T, H]
         scores = self.head(states)  # [B, T, 2]
         outside = torch.tensor([[o is None for o in row] for row in offsets])
+        if self.config.null_answer:
+            outside[:, 0] = False  # [CLS]: the "no answer" of each window
         scores = scores.masked_fill(outside[..., None], float("-inf"))
-        return scores[..., 0], scores[..., 1], offsets
+        return scores[..., 0], scores[..., 1], offsets, windows
 
     def spans(self, question: str, texts: Sequence[str], top: int = 5) -> list[Span]:
         """Each text's ``top`` best spans (each at most ``max_answer_tokens`` word pieces) as character spans of
-        the texts, all sorted best first (scores are comparable across the texts)."""
+        the texts, all sorted best first (scores are comparable across the texts and windows of one read)."""
+        return self.read(question, texts, top)[0]
+
+    def read(self, question: str, texts: Sequence[str], top: int = 5) -> tuple[list[Span], float | None]:
+        """`spans`, and the score of "no answer" (the best window's [CLS] start + end; None for a reader
+        without that option or without texts). `no_answer_margin` compares the two."""
         import torch
 
         if not texts:
-            return []
+            return [], None
         with torch.inference_mode():
-            start, end, offsets = self.logits(question, texts)
-        out = []
+            start, end, offsets, windows = self.logits(question, texts)
+        null = float((start[:, 0] + end[:, 0]).max()) if self.config.null_answer else None
+        out: dict[tuple[int, int, int], Span] = {}  # windows overlap: a span read twice keeps its best score
         n = self.config.max_answer_tokens
         for b, row in enumerate(offsets):
             T = len(row)
             pair = start[b][:, None] + end[b][None, :]  # [first, last]
             i = torch.arange(T)
             band = (i[None, :] >= i[:, None]) & (i[None, :] < i[:, None] + n)
+            band[0, :] = band[:, 0] = False  # [CLS] is no span
             pair = pair.masked_fill(~band, float("-inf"))
             best = pair.flatten().topk(min(top, T * T))
             for score, flat in zip(best.values.tolist(), best.indices.tolist()):
                 if score == float("-inf"):
                     break
                 first, last = divmod(flat, T)
-                out.append(Span(b, row[first][0], row[last][1], score))
-        return sorted(out, key=lambda s: -s.score)
+                key = (windows[b], row[first][0], row[last][1])
+                if key not in out or out[key].score < score:
+                    out[key] = Span(*key, score)
+        best_first = sorted(out.values(), key=lambda s: -s.score)
+        kept = {}
+        for span in best_first:  # each text's ``top`` best
+            kept.setdefault(span.source, [])
+            if len(kept[span.source]) < top:
+                kept[span.source].append(span)
+        return sorted((s for spans in kept.values() for s in spans), key=lambda s: -s.score), null
 
     # -- training
 
-    def loss(self, question: str, texts: Sequence[str], answer: str):
+    def loss(self, question: str, texts: Sequence[str], answer: str | None):
         """Negative log-likelihood of the answer's start and end, normalized over the tokens of all ``texts``
         together and marginalized over every occurrence of ``answer`` in what is read; None when what is read does
-        not hold it (it was cut off)."""
+        not hold it (it was cut off). ``answer`` None (the texts do not answer): the likelihood of "no answer",
+        marginalized over the windows' [CLS] (a reader with ``null_answer`` only)."""
         import torch
 
-        start, end, offsets = self.logits(question, texts)
+        start, end, offsets, windows = self.logits(question, texts)
         starts, ends = [], []
         T = start.shape[1]
-        for b, (text, row) in enumerate(zip(texts, offsets)):
-            for a, z in occurrences(text, answer):
+        if answer is None:
+            if not self.config.null_answer:
+                raise ValueError("this reader has no 'no answer' option (null_answer is off)")
+            starts = ends = [b * T for b in range(len(offsets))]
+        for b, row in enumerate(offsets if answer is not None else []):
+            for a, z in occurrences(texts[windows[b]], answer):
                 first = [t for t, o in enumerate(row) if o is not None and o[0] <= a < o[1]]
                 last = [t for t, o in enumerate(row) if o is not None and o[0] < z <= o[1]]
                 if first and last:
@@ -204,11 +253,15 @@ def occurrences(text: str, answer: str) -> list[tuple[int, int]]:
     return out
 
 
-def reader_examples(rows: list[dict[str, Any]], negatives: int) -> list[tuple[str, list[str], str]]:
+def reader_examples(rows: list[dict[str, Any]], negatives: int,
+                    unanswerable: bool = False) -> list[tuple[str, list[str], str | None]]:
     """(question, [evidence text, negative source texts...], answer) of the answerable rows of `synth_pipeline.qa`;
-    negatives are the row's sources that do not contain the answer."""
+    negatives are the row's sources that do not contain the answer. With ``unanswerable``, also (question, its
+    first 1 + ``negatives`` sources, None) of the rows whose sources do not answer."""
     out = []
     for row in rows:
+        if not row["answerable"] and unanswerable and row["sources"]:
+            out.append((row["question"], [s["text"] for s in row["sources"][: 1 + negatives]], None))
         if not row["answerable"] or not row["answer"].strip():
             continue
         evidence = row["sources"][row["quote_source"]]["text"]
@@ -217,13 +270,13 @@ def reader_examples(rows: list[dict[str, Any]], negatives: int) -> list[tuple[st
     return out
 
 
-def train_reader(rows: list[dict[str, Any]], reader: Reader, cfg: ReaderTrainConfig | None = None,
+def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerReaderTrainConfig | None = None,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train ``reader``'s adapters and head in place on the rows of `synth_pipeline.qa`; returns the per-epoch log."""
     import torch
 
-    cfg = cfg or ReaderTrainConfig()
-    examples = reader_examples(rows, cfg.negatives)
+    cfg = cfg or AnswerReaderTrainConfig()
+    examples = reader_examples(rows, cfg.negatives, unanswerable=reader.config.null_answer)
     if not examples:
         raise ValueError("no answerable rows to train the reader on")
     params = [p for p in reader.model.parameters() if p.requires_grad] + list(reader.head.parameters())

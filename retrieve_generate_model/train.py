@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieve_generate_model.joint import AnswerNotShown, Example, JointConfig, JointModel
+from retrieve_generate_model.joint import AnswerNotShown, Example, JointConfig, JointModel, shown_source
 from retrieve_generate_model.reader import train_reader
 from retrieve_generate_model.records import Source
 
@@ -58,11 +58,12 @@ class JointTrainConfig:
     reader_epochs: int = 2  # the answer reader (MiniLM) over every answerable row; 0: no reader
     reader_negatives: int = 1  # sources without the answer read beside the evidence
     reader_lr: float = 1e-3
+    reader_null_answer: bool = True  # the reader may answer "no answer" (trained on the unanswerable rows too)
     seed: int = 0
 
     # fields of the stages after the generator and of the final evaluation: a rerun may change them
     LATER = ("heldout_examples", "calibrate", "head_examples", "head_epochs", "head_lr", "retriever_examples",
-             "reader_epochs", "reader_negatives", "reader_lr")
+             "reader_epochs", "reader_negatives", "reader_lr", "reader_null_answer")
 
     def generator_run(self) -> dict[str, Any]:
         """The fields that change what the generator's training computes."""
@@ -204,18 +205,25 @@ def train_joint(
     reader = {}
     if cfg.reader_epochs:
         name = f"reader-e{cfg.reader_epochs}-n{cfg.reader_negatives}-lr{cfg.reader_lr}-s{cfg.seed}"
+        name += "-null" if cfg.reader_null_answer else ""
         model.reader, reader = train_answer_reader(rows, read_rows(heldout_path), cfg, state_dir / name, log_file, log)
     elif model.config.answer_by == "reader":
         log("no reader trained (--reader-epochs 0): the checkpoint answers by the token walk")
-        model.config = dataclasses.replace(model.config, answer_by="walk")
+        model.config, model.reader = dataclasses.replace(model.config, answer_by="walk"), None
     retriever = {}
     if cfg.retriever_examples:
         retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,
                                          out / "retriever", log_file, log)
     heldout = shown_rows(model, read_rows(heldout_path))[: cfg.heldout_examples]
     margins = route_margins(model, heldout)
-    bias = calibrate_abstain_bias(margins, [row["answerable"] for row in heldout]) if cfg.calibrate else 0.0
+    answerable = [row["answerable"] for row in heldout]
+    bias = calibrate_abstain_bias(margins, answerable) if cfg.calibrate else 0.0
     model.config = dataclasses.replace(model.config, abstain_bias=bias)
+    if model.reader is not None and model.reader.config.null_answer and cfg.calibrate:
+        threshold = calibrate_reader_threshold(reader_margins(model, heldout), [m + bias > 0 for m in margins],
+                                               answerable)
+        model.config = dataclasses.replace(model.config, reader_abstain_margin=threshold)
+        reader = {**reader, "reader_abstain_margin": threshold}
     model.save(out)
     report = evaluate_joint(model, heldout, score)
     report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias, **reader, **retriever}
@@ -281,14 +289,14 @@ def train_answer_reader(rows: list[dict[str, Any]], heldout: list[dict[str, Any]
     would be shown), with the evidence among them."""
     import torch
 
-    from retrieve_generate_model.reader import CONFIG_FILE, Reader, ReaderTrainConfig
+    from retrieve_generate_model.reader import CONFIG_FILE, AnswerReader, AnswerReaderConfig, AnswerReaderTrainConfig
 
     if (folder / CONFIG_FILE).is_file():
-        reader = Reader.load(folder)
+        reader = AnswerReader.load(folder)
     else:
         torch.manual_seed(cfg.seed)
-        reader = Reader()
-        settings = ReaderTrainConfig(epochs=cfg.reader_epochs, negatives=cfg.reader_negatives, lr=cfg.reader_lr,
+        reader = AnswerReader(AnswerReaderConfig(null_answer=cfg.reader_null_answer))
+        settings = AnswerReaderTrainConfig(epochs=cfg.reader_epochs, negatives=cfg.reader_negatives, lr=cfg.reader_lr,
                                      seed=cfg.seed)
         for entry in train_reader(rows, reader, settings, log=log):
             log_file.write(json.dumps({"reader": entry}) + "\n")
@@ -304,12 +312,12 @@ def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, 
     ``out/report.json``. Needs no generator: minutes on a CPU where the generator takes hours. Returns the report."""
     import torch
 
-    from retrieve_generate_model.reader import Reader, ReaderTrainConfig
+    from retrieve_generate_model.reader import AnswerReader, AnswerReaderTrainConfig
 
-    cfg = cfg or ReaderTrainConfig()
+    cfg = cfg or AnswerReaderTrainConfig()
     rows = [row for path in train_paths for row in read_rows(path)]
     torch.manual_seed(cfg.seed)
-    reader = Reader(reader_cfg)
+    reader = AnswerReader(reader_cfg)
     history = train_reader(rows, reader, cfg, log=log)
     out = Path(out)
     reader.save(out)
@@ -321,22 +329,31 @@ def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, 
 
 def reader_report(reader, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The reader's best span over each answerable row's sources against the row's answer: n, EM, F1 (SQuAD's
-    normalization) and how often the span lies in the evidence."""
+    normalization) and how often the span lies in the evidence; for a reader with the "no answer" option, how often
+    it prefers it (margin > 0) on the unanswerable rows and on the answerable ones."""
     from ragless.eval.metrics import exact_match, token_f1
+    from retrieve_generate_model.reader import no_answer_margin
 
-    em, f1, evidence = [], [], []
+    em, f1, evidence, declines = [], [], [], {True: [], False: []}
     for row in rows:
-        if not row["answerable"]:
-            continue
         texts = [s["text"] for s in row["sources"]]
-        best = reader.spans(row["question"], texts, top=1)[0]
-        prediction = texts[best.source][best.char_start: best.char_end]
+        spans, null = reader.read(row["question"], texts, top=1)
+        if null is not None:
+            declines[row["answerable"]].append(no_answer_margin(spans, null) > 0)
+        if not row["answerable"] or not spans:
+            continue
+        prediction = texts[spans[0].source][spans[0].char_start: spans[0].char_end]
         em.append(exact_match(prediction, [row["answer"]]))
         f1.append(token_f1(prediction, [row["answer"]]))
-        evidence.append(best.source == row["quote_source"])
-    n = len(em)
-    return {"n": n, **({"em": round(sum(em) / n, 4), "f1": round(sum(f1) / n, 4),
-                        "in_evidence": round(sum(evidence) / n, 4)} if n else {})}
+        evidence.append(spans[0].source == row["quote_source"])
+
+    def mean(xs):
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    report = {"n": len(em), "em": mean(em), "f1": mean(f1), "in_evidence": mean(evidence)}
+    if declines[True] or declines[False]:
+        report |= {"no_answer_on_unanswerable": mean(declines[False]), "no_answer_on_answerable": mean(declines[True])}
+    return report
 
 
 def train_question_tower(model: JointModel, rows: list[dict[str, Any]], heldout: list[dict[str, Any]],
@@ -404,6 +421,47 @@ def calibrate_abstain_bias(margins: list[float], answerable: list[bool]) -> floa
 
     best = max(candidates, key=lambda t: (balanced(t), -abs(t)))  # ties: the smallest correction
     return round(-best, 4)
+
+
+def reader_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
+    """Per row, the reader's "no answer" score above its best span over the sources the model is shown."""
+    from retrieve_generate_model.reader import no_answer_margin
+
+    out = []
+    for row in rows:
+        shown = [shown_source(model.layout, s, model.config.max_source_tokens)[0].text
+                 for s in row_sources(row)[: model.config.k]]
+        out.append(no_answer_margin(*model.reader.read(row["question"], shown)))
+    return out
+
+
+def calibrate_reader_threshold(margins: list[float], generator_abstains: list[bool],
+                               answerable: list[bool]) -> float | None:
+    """The reader's no-answer margin above which the model abstains even where the generator's route answers,
+    chosen for the best balanced route accuracy of that rule on held-out rows (ties: the highest threshold, fewest
+    overrides); None (the reader never overrides) when one kind of row is missing or no threshold helps.
+
+    >>> calibrate_reader_threshold([3.0, -2.0, 1.0, -1.0], [False, False, False, False], [False, True, False, True])
+    0.0
+    >>> calibrate_reader_threshold([3.0, -2.0], [True, False], [False, True]) is None   # the generator is right
+    True
+    """
+    if all(answerable) or not any(answerable):
+        return None
+
+    def balanced(threshold: float) -> float:
+        abstains = [g or m > threshold for m, g in zip(margins, generator_abstains)]
+        pos = [x for x, a in zip(abstains, answerable) if not a]
+        neg = [not x for x, a in zip(abstains, answerable) if a]
+        return (sum(pos) / len(pos) + sum(neg) / len(neg)) / 2
+
+    cuts = sorted({m for m in margins if m != float("inf")})
+    candidates = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + ([cuts[0] - 1.0] if cuts else [])
+    never = balanced(float("inf"))
+    best = max(candidates, key=lambda t: (balanced(t), t), default=None)
+    if best is None or balanced(best) <= never:
+        return None
+    return round(best, 4)
 
 
 def evaluate_joint(model: JointModel, rows: list[dict[str, Any]],

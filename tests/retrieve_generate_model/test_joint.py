@@ -180,8 +180,8 @@ def test_span_head_answers_are_spans_of_a_source(model):
 @pytest.mark.parametrize("scope", ["relied", "shown"])
 def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
     """Whatever the reader's weights, the answer is its best span in a source of the scope (relied on, or any
-    shown), exactly as the source has it, and the citations still map into the sources."""
-    from retrieve_generate_model.reader import Reader
+    shown), exactly as the source has it, the first citation is in its source, and citations map into the sources."""
+    from retrieve_generate_model.reader import AnswerReader
 
     rng = random.Random(11)
     answering = JointModel.__new__(JointModel)
@@ -189,7 +189,7 @@ def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
     answering.__dict__ |= model.__dict__ | {"config": config}
     for trial in range(3):
         torch.manual_seed(trial)
-        answering.reader = Reader(base=encoder)
+        answering.reader = AnswerReader(base=encoder)
         torch.nn.init.normal_(answering.reader.head.weight)  # spread the scores: a fresh head is near zero
         sources = [source(_random_text(rng), n) for n in range(rng.randint(2, 3))]
         answer = answering.answer("What does the text say?", sources)
@@ -200,8 +200,29 @@ def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
         assert answer.text in best  # the reader's span, as the source has it
         if scope == "shown":
             assert answer.text == best[0]
+        if answer.citations:  # the first citation quotes the source that holds the answer
+            assert answer.text in shown[next(n for n, s in enumerate(sources) if s.seg_id == answer.citations[0].seg_id)]
         for c in answer.citations:
             assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
+
+
+def test_the_readers_no_answer_overrides_the_route_beyond_its_margin(model, encoder):
+    """A reader with the "no answer" option abstains for the model when it prefers it by more than the configured
+    margin (the generator is not run); with no margin configured, the generator's route decides."""
+    from retrieve_generate_model.reader import AnswerReader, AnswerReaderConfig, no_answer_margin
+
+    torch.manual_seed(0)
+    reader = AnswerReader(AnswerReaderConfig(null_answer=True), base=encoder)
+    sources = [source(DOC)]
+    margin = no_answer_margin(*reader.read("Who built it?", [shown_source(model.layout, sources[0],
+                                                                             model.config.max_source_tokens)[0].text]))
+    for threshold, abstains in ((margin - 1.0, True), (margin + 1.0, False), (None, False)):
+        answering = JointModel.__new__(JointModel)
+        config = dataclasses.replace(model.config, abstain_bias=-1e9, answer_by="reader",
+                                     reader_abstain_margin=threshold)
+        answering.__dict__ |= model.__dict__ | {"config": config, "reader": reader}
+        answer = answering.answer("Who built it?", sources)
+        assert answer.abstained == abstains and (answer.timings["generate_s"] == 0.0) == abstains
 
 
 def test_generator_targets_prefer_the_source_that_holds_the_answer(model):

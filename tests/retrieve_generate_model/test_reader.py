@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from retrieve_generate_model.reader import Reader, ReaderConfig, ReaderTrainConfig, occurrences, train_reader
+from retrieve_generate_model.reader import (AnswerReader, AnswerReaderConfig, AnswerReaderTrainConfig, no_answer_margin,
+                                            occurrences, train_reader)
 
 FACTS = [("the violin", "Anna Lindqvist"), ("the lighthouse", "Marco Bellini"), ("the glacier", "Ruth Okafor"),
          ("the orchard", "Tomas Novak"), ("the telescope", "Lena Fischer"), ("the harbour", "Idris Haddad")]
@@ -27,7 +29,7 @@ def rows() -> list[dict]:
 
 def test_training_finds_the_answers_across_sources_and_round_trips(tmp_path, encoder):
     torch.manual_seed(0)  # the head's and adapters' initialization
-    reader = Reader(base=encoder)
+    reader = AnswerReader(base=encoder)
     data = rows()
 
     def found() -> float:
@@ -39,23 +41,49 @@ def test_training_finds_the_answers_across_sources_and_round_trips(tmp_path, enc
         return hits / len(data)
 
     before = found()
-    history = train_reader(data, reader, ReaderTrainConfig(epochs=12, batch_size=3, lr=3e-3), log=lambda _: None)
+    history = train_reader(data, reader, AnswerReaderTrainConfig(epochs=12, batch_size=3, lr=3e-3), log=lambda _: None)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"] and history[-1]["skipped"] == 0
     assert found() == 1.0 > before
 
     reader.save(tmp_path / "reader")
-    again = Reader.load(tmp_path / "reader", base=encoder)
+    again = AnswerReader.load(tmp_path / "reader", base=encoder)
     texts = [s["text"] for s in data[0]["sources"]]
     assert again.spans("Who restored the violin?", texts) == reader.spans("Who restored the violin?", texts)
 
 
+def test_a_reader_with_no_answer_learns_when_the_sources_do_not_answer(encoder):
+    """Unanswerable rows (who wrote about a thing, asked of sources that only say who restored things) teach the
+    [CLS] "no answer"; the answerable ones still find their names and prefer them to it."""
+    torch.manual_seed(0)
+    reader = AnswerReader(AnswerReaderConfig(null_answer=True), base=encoder)
+    answerable = rows()
+    unanswerable = [{"question": f"Who photographed {thing}?", "answer": "", "answerable": False, "quote_source": -1,
+                     "relied": [], "sources": [{"text": f"In 1990 {thing} was restored by {name}."}]}
+                    for thing, name in FACTS]
+    history = train_reader(answerable + unanswerable, reader,
+                           AnswerReaderTrainConfig(epochs=12, batch_size=4, lr=3e-3), log=lambda _: None)
+    assert history[0]["examples"] == 12 and history[-1]["loss"] < 0.5 * history[0]["loss"]
+    for row in answerable:
+        texts = [s["text"] for s in row["sources"]]
+        spans, null = reader.read(row["question"], texts)
+        assert texts[spans[0].source][spans[0].char_start: spans[0].char_end] == row["answer"]
+        assert no_answer_margin(spans, null) < 0
+    for row in unanswerable:
+        assert no_answer_margin(*reader.read(row["question"], [s["text"] for s in row["sources"]])) > 0
+    plain = AnswerReader(base=encoder)  # without the option: no score for it, and no way to teach it
+    assert plain.read("Who?", ["Anna did."])[1] is None
+    with pytest.raises(ValueError, match="no 'no answer' option"):
+        plain.loss("Who?", ["Anna did."], None)
+
+
 def test_spans_are_character_spans_of_the_sources_within_the_length_limit(encoder):
     torch.manual_seed(0)
-    reader = Reader(ReaderConfig(max_answer_tokens=3), base=encoder)
+    reader = AnswerReader(AnswerReaderConfig(max_answer_tokens=3), base=encoder)
     texts = ["Straße 12, Zürich — the café opened in 1921.", "", "A second, unrelated source about rivers."]
     spans = reader.spans("When did the café open?", texts, top=20)
     assert len(spans) == 40 and spans == sorted(spans, key=lambda s: -s.score)  # 20 of each non-empty source
-    _, offsets = reader._encode("When did the café open?", texts)
+    _, offsets, windows = reader._encode("When did the café open?", texts)
+    assert windows == [0, 1, 2]  # short sources: one window each
     for s in spans:
         piece = texts[s.source][s.char_start: s.char_end]
         assert s.source != 1 and piece.strip() == piece and piece
@@ -64,17 +92,24 @@ def test_spans_are_character_spans_of_the_sources_within_the_length_limit(encode
     assert reader.spans("Anything?", []) == []
 
 
-def test_a_cut_off_answer_is_skipped_not_taught(encoder):
-    reader = Reader(ReaderConfig(max_tokens=24), base=encoder)
+def test_a_long_source_is_read_in_overlapping_windows(encoder):
+    reader = AnswerReader(AnswerReaderConfig(max_tokens=24, max_question_tokens=8, stride=4), base=encoder)
     long = "word " * 60 + "the answer is Zanzibar."
-    assert reader.loss("Where?", [long], "Zanzibar") is None
-    assert reader.loss("Where?", ["It is Zanzibar."], "Zanzibar") is not None
+    _, offsets, windows = reader._encode("Where?", [long, "It is Zanzibar."])
+    assert windows.count(0) > 3 and windows[-1] == 1
+    first_window_end = max(o[1] for o in offsets[0] if o is not None)
+    assert first_window_end < long.index("Zanzibar")
+    assert reader.loss("Where?", [long], "Zanzibar") is not None  # the last window holds it: taught, not cut off
+    spans = reader.spans("Where?", [long], top=500)
+    assert any(long[s.char_start: s.char_end] == "Zanzibar" for s in spans)
+    assert len({(s.char_start, s.char_end) for s in spans}) == len(spans)  # a span two windows read is kept once
+    assert reader.loss("Where?", ["It is Paris."], "Zanzibar") is None  # not in what is read: skipped
     assert occurrences("Zanzibar, Zanzibar", "Zanzibar") == [(0, 8), (10, 18)]
 
 
 def test_ragless_train_reader_writes_a_reader_folder_from_several_files(tmp_path, capsys):
     from ragless.cli import main
-    from retrieve_generate_model.reader import Reader
+    from retrieve_generate_model.reader import AnswerReader
     from synth_pipeline.qa import QAConfig, write_examples
 
     full = []
@@ -92,11 +127,15 @@ def test_ragless_train_reader_writes_a_reader_folder_from_several_files(tmp_path
     write_examples(full[:2], tmp_path / "heldout.parquet", QAConfig(), 0)
     code = main(["train", "reader", "--train", str(tmp_path / "a.parquet"), "--train", str(tmp_path / "b.parquet"),
                  "--heldout", str(tmp_path / "heldout.parquet"), "--out", str(tmp_path / "reader"), "--epochs", "1",
-                 "--batch-size", "3", "--max-tokens", "64"])
+                 "--batch-size", "3", "--max-tokens", "96", "--stride", "16"])
     out, _ = capsys.readouterr()
     assert code == 0 and json.loads(out)["n"] == 2
     report = json.loads((tmp_path / "reader" / "report.json").read_text())
     assert report["rows"] == 6 and report["history"][0]["examples"] == 6
-    assert Reader.load(tmp_path / "reader").config.max_tokens == 64
+    assert AnswerReader.load(tmp_path / "reader").config.max_tokens == 96
+    assert main(["train", "reader", "--train", str(tmp_path / "a.parquet"), "--heldout",
+                 str(tmp_path / "heldout.parquet"), "--out", str(tmp_path / "o"), "--max-tokens", "96",
+                 "--stride", "90"]) == 2  # windows that would not advance: a usage error
+    assert "stride 90" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["train", "reader", "--train", str(tmp_path / "nope.parquet"), "--heldout", "x", "--out",
                  str(tmp_path / "o")]) == 2
