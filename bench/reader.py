@@ -111,6 +111,7 @@ def main() -> None:
         print(f"{name}: done in {time.perf_counter() - t_start:.0f}s", file=sys.stderr)
 
     command = "python bench/reader.py --data ../shared/data" + (f" --only {args.only}" if args.only else "")
+    command += f" --generator-limit {args.generator_limit}" if args.generator_limit != 100 else ""
     save_results("reader", {"command": command, "checkpoint": args.checkpoint, "seed": args.seed,
                             "generator_limit": args.generator_limit, "results": results})
     columns = ["dataset", "part", "system", "n", "em", "f1", "latency_p50_s"]

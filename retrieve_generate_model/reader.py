@@ -271,8 +271,12 @@ def reader_examples(rows: list[dict[str, Any]], negatives: int,
 
 
 def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerReaderTrainConfig | None = None,
-                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Train ``reader``'s adapters and head in place on the rows of `synth_pipeline.qa`; returns the per-epoch log."""
+                 log: Callable[[str], None] = print, state: str | Path | None = None) -> list[dict[str, Any]]:
+    """Train ``reader``'s adapters and head in place on the rows of `synth_pipeline.qa`; returns the per-epoch log.
+
+    With ``state`` (a file), the run is resumable: after every epoch the trainable weights, the optimizer, the
+    schedule and the random states are saved there, and a rerun with the same file continues after the last epoch
+    saved (the caller removes the file once the reader is saved)."""
     import torch
 
     cfg = cfg or AnswerReaderTrainConfig()
@@ -284,10 +288,24 @@ def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerRe
     steps = cfg.epochs * ((len(examples) + cfg.batch_size - 1) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
     rng = random.Random(cfg.seed)
-    history = []
+    history: list[dict[str, Any]] = []
+    state = Path(state) if state is not None else None
+    if state is not None and state.is_file():
+        saved = torch.load(state, weights_only=False)  # our own file: weights, optimizer, random states
+        if saved["config"] != asdict(cfg) or saved["examples"] != len(examples):
+            raise ValueError(f"{state} was saved by another reader run ({saved['config']}, {saved['examples']} "
+                             f"examples); remove it to start over")
+        reader.model.load_state_dict(saved["trainable"], strict=False)
+        reader.head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        rng.setstate(saved["rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        history = saved["history"]
+        log(f"resuming the reader after epoch {len(history)}/{cfg.epochs}")
     reader.model.train()
     reader.head.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
         losses, skipped, t0 = [], 0, time.perf_counter()
@@ -306,5 +324,13 @@ def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerRe
                  "skipped": skipped, "seconds": round(time.perf_counter() - t0, 1)}
         history.append(entry)
         log(json.dumps(entry))
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            trainable = {n: p.detach() for n, p in reader.model.named_parameters() if p.requires_grad}
+            torch.save({"config": asdict(cfg), "examples": len(examples), "trainable": trainable,
+                        "head": reader.head.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                        "history": history}, state.with_suffix(".tmp"))
+            state.with_suffix(".tmp").replace(state)  # a kill mid-write leaves the last complete state
     reader.eval()
     return history

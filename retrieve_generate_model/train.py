@@ -58,7 +58,7 @@ class JointTrainConfig:
     reader_epochs: int = 2  # the answer reader (MiniLM) over every answerable row; 0: no reader
     reader_negatives: int = 1  # sources without the answer read beside the evidence
     reader_lr: float = 1e-3
-    reader_null_answer: bool = True  # the reader may answer "no answer" (trained on the unanswerable rows too)
+    reader_null_answer: bool = False  # the reader may answer "no answer" (trained on the unanswerable rows too)
     seed: int = 0
 
     # fields of the stages after the generator and of the final evaluation: a rerun may change them
@@ -298,10 +298,12 @@ def train_answer_reader(rows: list[dict[str, Any]], heldout: list[dict[str, Any]
         reader = AnswerReader(AnswerReaderConfig(null_answer=cfg.reader_null_answer))
         settings = AnswerReaderTrainConfig(epochs=cfg.reader_epochs, negatives=cfg.reader_negatives, lr=cfg.reader_lr,
                                      seed=cfg.seed)
-        for entry in train_reader(rows, reader, settings, log=log):
+        progress = folder.with_name(folder.name + ".train.pt")  # the stage's resumable state, until it is saved
+        for entry in train_reader(rows, reader, settings, log=log, state=progress):
             log_file.write(json.dumps({"reader": entry}) + "\n")
             log_file.flush()
         reader.save(folder)
+        progress.unlink(missing_ok=True)
     return reader, {"reader": reader_report(reader, heldout)}
 
 
@@ -318,9 +320,11 @@ def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, 
     rows = [row for path in train_paths for row in read_rows(path)]
     torch.manual_seed(cfg.seed)
     reader = AnswerReader(reader_cfg)
-    history = train_reader(rows, reader, cfg, log=log)
     out = Path(out)
+    progress = out.with_name(out.name + ".train.pt")  # resumable: a rerun continues after the last epoch
+    history = train_reader(rows, reader, cfg, log=log, state=progress)
     reader.save(out)
+    progress.unlink(missing_ok=True)
     report = {"train": [str(p) for p in train_paths], "rows": len(rows), "history": history,
               "heldout": reader_report(reader, read_rows(heldout_path))}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")

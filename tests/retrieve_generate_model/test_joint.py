@@ -281,7 +281,8 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
                      "quote_source": 0, "quote_start": 0, "quote_end": len(text)})
     write_examples(rows, tmp_path / "train.parquet", QAConfig(), 0)
     write_examples(rows[:2], tmp_path / "heldout.parquet", QAConfig(), 0)
-    cfg = JointTrainConfig(epochs=3, grad_accum=2, lr=2e-3, warmup_steps=0, checkpoint_every=6, heldout_examples=2)
+    cfg = JointTrainConfig(epochs=3, grad_accum=2, lr=2e-3, warmup_steps=0, checkpoint_every=6, heldout_examples=2,
+                           reader_null_answer=True)
     model_cfg = JointConfig(lora_layers=2, lora_r=4, max_source_tokens=48)
     out = tmp_path / "ckpt"
     report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
@@ -298,9 +299,12 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
                      if '"reader": {"epoch"' in line]
     assert len(reader_losses) == cfg.reader_epochs and reader_losses[-1] < reader_losses[0]  # and the reader
     assert report["reader"]["n"] == 2 and (out / "reader" / "reader.json").is_file()
+    assert "no_answer_on_answerable" in report["reader"] and "reader_abstain_margin" in report  # "no answer" too
+    assert not list(out.glob("state/*.train.pt"))  # the stage's resumable state is gone once it is saved
 
     loaded = JointModel.load(out)
-    assert loaded.config.answer_by == "reader" and loaded.reader is not None
+    assert loaded.config.answer_by == "reader" and loaded.reader.config.null_answer
+    assert loaded.config.reader_abstain_margin == report["reader_abstain_margin"]
     assert all(torch.equal(v, model_v) for v, model_v in zip(loaded.span_head.state_dict().values(),
                                                             JointModel.load(out).span_head.state_dict().values()))
     fresh = JointModel(model_cfg)

@@ -76,6 +76,35 @@ def test_a_reader_with_no_answer_learns_when_the_sources_do_not_answer(encoder):
         plain.loss("Who?", ["Anna did."], None)
 
 
+def test_training_killed_after_an_epoch_resumes_to_the_same_reader(tmp_path, encoder):
+    settings = AnswerReaderTrainConfig(epochs=2, batch_size=3, lr=3e-3)
+    torch.manual_seed(0)
+    whole = AnswerReader(base=encoder)
+    expected = train_reader(rows(), whole, settings, log=lambda _: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(message: str) -> None:
+        if '"epoch": 2' in message:
+            raise Killed
+
+    torch.manual_seed(0)
+    state = tmp_path / "reader.train.pt"
+    with pytest.raises(Killed):
+        train_reader(rows(), AnswerReader(base=encoder), settings, log=kill_in_epoch_2, state=state)
+    torch.manual_seed(123)  # a new process: other initial weights, restored from the state
+    resumed = AnswerReader(base=encoder)
+    messages = []
+    history = train_reader(rows(), resumed, settings, log=messages.append, state=state)
+    assert messages[0] == "resuming the reader after epoch 1/2"
+    assert [h["loss"] for h in history] == [h["loss"] for h in expected]
+    texts = [s["text"] for s in rows()[0]["sources"]]
+    assert resumed.spans("Who restored the violin?", texts) == whole.spans("Who restored the violin?", texts)
+    with pytest.raises(ValueError, match="another reader run"):
+        train_reader(rows(), resumed, AnswerReaderTrainConfig(epochs=3), log=lambda _: None, state=state)
+
+
 def test_spans_are_character_spans_of_the_sources_within_the_length_limit(encoder):
     torch.manual_seed(0)
     reader = AnswerReader(AnswerReaderConfig(max_answer_tokens=3), base=encoder)
