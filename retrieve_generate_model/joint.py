@@ -85,7 +85,7 @@ class JointConfig:
     # extractive answers: the span the "reader" (MiniLM, `reader.py`) or the span "head" (on the generator's states)
     # scores best, or "walk"ed by the generator token by token; the walk when the model has no such component
     answer_by: str = "reader"
-    reader_scope: str = "shown"  # the reader's span from all the sources "shown", or only those the generator "relied" on
+    reader_scope: str = "shown"  # the reader's span from all sources "shown", or only those the generator "relied" on
     # abstain, whatever the generator's route, when the reader's "no answer" scores this much above its best span
     # (`reader.no_answer_margin`; calibrated on held-out rows at the end of training; None: the route alone decides)
     reader_abstain_margin: float | None = None

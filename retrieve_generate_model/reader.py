@@ -12,8 +12,14 @@ scores over the tokens of the evidence *and* of sources without the answer, so a
 it is than every span of every source, not only of its own — the same scores rank the spans across the sources at
 answer time. The target marginalizes over every occurrence of the answer in what is read.
 
+A source longer than a window (``max_tokens``) is read in windows that overlap by ``stride`` word pieces, scored
+together like sources. A reader built with ``null_answer`` also scores "no answer" ([CLS] as start and end of each
+window, as BERT does for SQuAD 2.0), taught on rows whose sources do not answer; `no_answer_margin` says by how much
+it prefers declining to its best span, which the joint model may turn into an abstention.
+
 Adapters on the backbone (LoRA through ``peft``, every linear layer of the blocks) and the head are trained on the
-rows of `synth_pipeline.qa` (`train_reader`); they ship in the checkpoint's ``reader/`` folder.
+rows of `synth_pipeline.qa` (`train_reader`, resumable epoch by epoch); they ship in the checkpoint's ``reader/``
+folder.
 
     reader = AnswerReader.load("checkpoints/joint/reader")
     spans = reader.spans("When did the tower open?", ["The tower opened on 5 May 1889.", "Paris is large."])
@@ -218,8 +224,6 @@ class AnswerReader:
         together and marginalized over every occurrence of ``answer`` in what is read; None when what is read does
         not hold it (it was cut off). ``answer`` None (the texts do not answer): the likelihood of "no answer",
         marginalized over the windows' [CLS] (a reader with ``null_answer`` only)."""
-        import torch
-
         start, end, offsets, windows = self.logits(question, texts)
         starts, ends = [], []
         T = start.shape[1]

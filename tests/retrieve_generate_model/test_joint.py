@@ -201,7 +201,8 @@ def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
         if scope == "shown":
             assert answer.text == best[0]
         if answer.citations:  # the first citation quotes the source that holds the answer
-            assert answer.text in shown[next(n for n, s in enumerate(sources) if s.seg_id == answer.citations[0].seg_id)]
+            cited = next(n for n, s in enumerate(sources) if s.seg_id == answer.citations[0].seg_id)
+            assert answer.text in shown[cited]
         for c in answer.citations:
             assert next(s for s in sources if s.seg_id == c.seg_id).text[c.char_start: c.char_end] == c.quote
 

@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from retrieve_generate_model.reader import (AnswerReader, AnswerReaderConfig, AnswerReaderTrainConfig, no_answer_margin,
-                                            occurrences, train_reader)
+from retrieve_generate_model.reader import (
+    AnswerReader,
+    AnswerReaderConfig,
+    AnswerReaderTrainConfig,
+    no_answer_margin,
+    occurrences,
+    train_reader,
+)
 
 FACTS = [("the violin", "Anna Lindqvist"), ("the lighthouse", "Marco Bellini"), ("the glacier", "Ruth Okafor"),
          ("the orchard", "Tomas Novak"), ("the telescope", "Lena Fischer"), ("the harbour", "Idris Haddad")]
