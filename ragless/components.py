@@ -26,11 +26,14 @@ DEFAULT_ANSWERER = JOINT_CHECKPOINT
 
 
 def checkpoint_path(checkpoint: str) -> Path:
-    """A checkpoint by name under CHECKPOINTS (the shipped ones), or by path (one a user trained)."""
-    path = CHECKPOINTS / checkpoint if not os.path.isabs(checkpoint) else Path(checkpoint)
-    if not (path / "config.json").exists():
-        raise ValueError(f"no checkpoint at {path} (config.json missing)")
-    return path
+    """A checkpoint by name under CHECKPOINTS (the shipped ones), or by path, absolute or relative to the working
+    directory (one a user trained); the name wins where both exist."""
+    named, given = CHECKPOINTS / checkpoint, Path(checkpoint)
+    for path in ([named] if not given.is_absolute() else []) + [given]:
+        if (path / "config.json").exists():
+            return path
+    tried = f"{named} or {given.resolve()}" if not given.is_absolute() else str(given)
+    raise ValueError(f"no checkpoint at {tried} (config.json missing)")
 
 
 def make_segmenter(name: str = DEFAULT_SEGMENTER, config: dict[str, Any] | None = None) -> Segmenter:

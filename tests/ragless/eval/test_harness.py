@@ -148,7 +148,7 @@ def test_generation_is_scored_with_citations(benchmark_data):
             assert q["quote_validity"] == 1.0  # citations quote the documents verbatim
 
 
-def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, tmp_path):
+def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, tmp_path, monkeypatch):
     from retrieve_generate_model.joint import JointConfig, JointModel
 
     checkpoint = tmp_path / "joint-untrained"
@@ -164,5 +164,9 @@ def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, t
         assert q["quote_validity"] in (None, 1.0)  # quotes are verbatim by construction
     with pytest.raises(ValueError, match="no checkpoint"):
         EvalConfig(systems=(f"ragless@{tmp_path / 'missing'}",))
+    monkeypatch.chdir(tmp_path)  # a path relative to the working directory names a checkpoint too
+    assert EvalConfig(systems=("ragless@joint-untrained",)).systems == ("ragless@joint-untrained",)
+    with pytest.raises(ValueError, match="no checkpoint at .*missing"):
+        EvalConfig(systems=("ragless@missing",))
     with pytest.raises(ValueError, match="unknown system"):
         EvalConfig(systems=("ragless-ish",))
