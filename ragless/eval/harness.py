@@ -191,6 +191,7 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, en
         t0 = time.perf_counter()
         sources = system.retrieve([q.question], cfg.k)[0]
         timings = {"retrieve_s": time.perf_counter() - t0}
+        stages: dict[str, float] = {}  # the answerer's own stages, within answer_s (the joint model: read_s, ...)
         row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit)}
         row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
         if not cfg.retrieval_only:
@@ -198,13 +199,14 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, en
             t1 = time.perf_counter()
             answer = answerer.answer(q.question, sources[: cfg.answer_k], doc_texts)
             timings["answer_s"] = time.perf_counter() - t1
+            stages = {f"answer.{k}": v for k, v in answer.timings.items()}
             doc_texts |= {c.doc_id: evalset.document(c.doc_id).text for c in answer.citations}
             row.update(score_answer(q, answer, doc_texts))
             row["answer"] = answer.text
             row["abstained"] = answer.abstained
             row["citations"] = [[c.doc_id, c.char_start, c.char_end] for c in answer.citations]
         timings["total_s"] = sum(timings.values())
-        row["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        row["timings"] = {k: round(v, 4) for k, v in {**timings, **stages}.items()}
         rows.append(row)
     return summarize(name, evalset.name, cfg, rows, build)
 
@@ -223,10 +225,11 @@ def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, A
         metrics[name] = round(mean, 4)
         _, low, high = M.bootstrap_ci(values, n_resamples=cfg.bootstrap, seed=cfg.seed)
         ci[name] = [round(low, 4), round(high, 4)]
-    for stage in ("retrieve_s", "answer_s", "total_s"):
+    stages = dict.fromkeys(["retrieve_s", "answer_s", "total_s"] + [k for r in rows for k in r["timings"]])
+    for stage in stages:  # e.g. latency_answer_p50_s, and the answerer's own: latency_answer_read_p50_s
         values = [r["timings"][stage] for r in rows if stage in r["timings"]]
         if values:
-            short = stage.removesuffix("_s")
+            short = stage.removesuffix("_s").replace(".", "_")
             metrics[f"latency_{short}_p50_s"] = round(M.percentile(values, 50), 4)
             metrics[f"latency_{short}_p95_s"] = round(M.percentile(values, 95), 4)
     if "latency_total_p50_s" in metrics:
