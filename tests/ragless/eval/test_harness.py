@@ -162,7 +162,8 @@ def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, t
     assert result["metrics"]["latency_answer_read_p50_s"] > 0  # the model's own stages are reported too
     for q in result["per_question"]:  # ... and lie within the answer's time
         t = q["timings"]
-        assert 0 < t["answer.read_s"] + t["answer.generate_s"] <= t["answer_s"] <= t["total_s"]
+        assert 0 < t["answer.read_s"] + t["answer.generate_s"] <= t["answer_s"] + 2e-4  # rounded to 0.1 ms
+        assert t["answer_s"] <= t["total_s"]
     for q in result["per_question"]:
         assert not q["abstained"] and q["answer"]  # told never to abstain, it answers
         assert q["quote_validity"] in (None, 1.0)  # quotes are verbatim by construction
