@@ -392,7 +392,7 @@ class JointModel:
         reader = self.reader if cfg.extractive and cfg.answer_by == "reader" else None
         spans, null = reader.read(question, [s.text for s, _, _ in shown]) if reader is not None else (None, None)
         t_read = time.perf_counter()
-        margin = no_answer_margin(spans, null) if spans is not None else None
+        margin = no_answer_margin(spans, null)  # None without a reader, or one with no "no answer"
         if margin is not None and cfg.reader_abstain_margin is not None and margin > cfg.reader_abstain_margin:
             return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
                           timings={"read_s": t_read - t0, "generate_s": 0.0})

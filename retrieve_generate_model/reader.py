@@ -275,12 +275,12 @@ def reader_examples(rows: list[dict[str, Any]], negatives: int,
 
 
 def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerReaderTrainConfig | None = None,
-                 log: Callable[[str], None] = print, state: str | Path | None = None) -> list[dict[str, Any]]:
+                 log: Callable[[str], None] = print, save_to: str | Path | None = None) -> list[dict[str, Any]]:
     """Train ``reader``'s adapters and head in place on the rows of `synth_pipeline.qa`; returns the per-epoch log.
 
-    With ``state`` (a file), the run is resumable: after every epoch the trainable weights, the optimizer, the
-    schedule and the random states are saved there, and a rerun with the same file continues after the last epoch
-    saved (the caller removes the file once the reader is saved)."""
+    With ``save_to`` (a folder), the trained reader is saved there and the run is resumable: after every epoch the
+    trainable weights, the optimizer, the schedule and the random states are kept beside it (``FOLDER.train.pt``),
+    a rerun continues after the last epoch kept, and the file goes once the reader is saved."""
     import torch
 
     cfg = cfg or AnswerReaderTrainConfig()
@@ -293,7 +293,7 @@ def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerRe
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / steps))
     rng = random.Random(cfg.seed)
     history: list[dict[str, Any]] = []
-    state = Path(state) if state is not None else None
+    state = Path(save_to).with_name(Path(save_to).name + ".train.pt") if save_to is not None else None
     if state is not None and state.is_file():
         saved = torch.load(state, weights_only=False)  # our own file: weights, optimizer, random states
         if saved["config"] != asdict(cfg) or saved["examples"] != len(examples):
@@ -337,4 +337,7 @@ def train_reader(rows: list[dict[str, Any]], reader: AnswerReader, cfg: AnswerRe
                         "history": history}, state.with_suffix(".tmp"))
             state.with_suffix(".tmp").replace(state)  # a kill mid-write leaves the last complete state
     reader.eval()
+    if save_to is not None:
+        reader.save(save_to)
+        state.unlink()
     return history

@@ -70,6 +70,11 @@ class JointTrainConfig:
         return {k: v for k, v in asdict(self).items() if k not in self.LATER}
 
 
+def mean(xs: list[float]) -> float | None:
+    """The mean rounded for reports; None without values."""
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
@@ -298,12 +303,9 @@ def train_answer_reader(rows: list[dict[str, Any]], heldout: list[dict[str, Any]
         reader = AnswerReader(AnswerReaderConfig(null_answer=cfg.reader_null_answer))
         settings = AnswerReaderTrainConfig(epochs=cfg.reader_epochs, negatives=cfg.reader_negatives, lr=cfg.reader_lr,
                                      seed=cfg.seed)
-        progress = folder.with_name(folder.name + ".train.pt")  # the stage's resumable state, until it is saved
-        for entry in train_reader(rows, reader, settings, log=log, state=progress):
+        for entry in train_reader(rows, reader, settings, log=log, save_to=folder):  # resumable epoch by epoch
             log_file.write(json.dumps({"reader": entry}) + "\n")
             log_file.flush()
-        reader.save(folder)
-        progress.unlink(missing_ok=True)
     return reader, {"reader": reader_report(reader, heldout)}
 
 
@@ -321,10 +323,7 @@ def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, 
     torch.manual_seed(cfg.seed)
     reader = AnswerReader(reader_cfg)
     out = Path(out)
-    progress = out.with_name(out.name + ".train.pt")  # resumable: a rerun continues after the last epoch
-    history = train_reader(rows, reader, cfg, log=log, state=progress)
-    reader.save(out)
-    progress.unlink(missing_ok=True)
+    history = train_reader(rows, reader, cfg, log=log, save_to=out)  # resumable: a rerun continues after an epoch
     report = {"train": [str(p) for p in train_paths], "rows": len(rows), "history": history,
               "heldout": reader_report(reader, read_rows(heldout_path))}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -350,9 +349,6 @@ def reader_report(reader, rows: list[dict[str, Any]]) -> dict[str, Any]:
         em.append(exact_match(prediction, [row["answer"]]))
         f1.append(token_f1(prediction, [row["answer"]]))
         evidence.append(spans[0].source == row["quote_source"])
-
-    def mean(xs):
-        return round(sum(xs) / len(xs), 4) if xs else None
 
     report = {"n": len(em), "em": mean(em), "f1": mean(f1), "in_evidence": mean(evidence)}
     if declines[True] or declines[False]:
@@ -487,9 +483,6 @@ def evaluate_joint(model: JointModel, rows: list[dict[str, Any]],
             f1s.append(f1)
         if row["answerable"] and not answer.abstained:
             cited.append(any(c.seg_id == row["seg_id"] for c in answer.citations))
-
-    def mean(xs):
-        return round(sum(xs) / len(xs), 4) if xs else None
 
     return {"n": len(rows), "loss": mean(losses), "route_accuracy": mean(routes), "answer_em": mean(ems),
             "answer_f1": mean(f1s), "cites_evidence": mean(cited)}

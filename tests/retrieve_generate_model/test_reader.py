@@ -96,19 +96,23 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_reader(tmp_path, enc
             raise Killed
 
     torch.manual_seed(0)
-    state = tmp_path / "reader.train.pt"
+    folder = tmp_path / "reader"
     with pytest.raises(Killed):
-        train_reader(rows(), AnswerReader(base=encoder), settings, log=kill_in_epoch_2, state=state)
+        train_reader(rows(), AnswerReader(base=encoder), settings, log=kill_in_epoch_2, save_to=folder)
+    assert (tmp_path / "reader.train.pt").is_file() and not folder.exists()  # epoch 1 kept, nothing saved yet
     torch.manual_seed(123)  # a new process: other initial weights, restored from the state
     resumed = AnswerReader(base=encoder)
+    with pytest.raises(ValueError, match="another reader run"):
+        train_reader(rows(), resumed, AnswerReaderTrainConfig(epochs=3), log=lambda _: None, save_to=folder)
     messages = []
-    history = train_reader(rows(), resumed, settings, log=messages.append, state=state)
+    history = train_reader(rows(), resumed, settings, log=messages.append, save_to=folder)
     assert messages[0] == "resuming the reader after epoch 1/2"
     assert [h["loss"] for h in history] == [h["loss"] for h in expected]
     texts = [s["text"] for s in rows()[0]["sources"]]
     assert resumed.spans("Who restored the violin?", texts) == whole.spans("Who restored the violin?", texts)
-    with pytest.raises(ValueError, match="another reader run"):
-        train_reader(rows(), resumed, AnswerReaderTrainConfig(epochs=3), log=lambda _: None, state=state)
+    assert AnswerReader.load(folder, base=encoder).spans("Who restored the violin?", texts) == \
+        whole.spans("Who restored the violin?", texts)  # saved when done, and the state is gone
+    assert not (tmp_path / "reader.train.pt").exists()
 
 
 def test_spans_are_character_spans_of_the_sources_within_the_length_limit(encoder):
