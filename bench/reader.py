@@ -9,6 +9,11 @@ answer), so the numbers say how well each system *reads*. Systems:
 - ``prompted-smollm2``: the workflow baseline's answerer (`ragless/prompted.py`), the base SmolLM2 prompted with the
   paragraph.
 
+A reader with a "no answer" option (``null_answer``) is also asked, on SQuAD v2.0, the unanswerable questions of the
+same articles with the paragraph they were written about (``reader-abstaining``): it abstains where "no answer" beats
+its best span by more than the checkpoint's ``reader_abstain_margin`` (the rule `JointModel.answer` applies);
+abstention accuracy on the unanswerable questions, and EM/F1 on the answerable ones counting an abstention as 0.
+
 The generators take seconds per question on a CPU, so they run on the first ``--generator-limit`` questions of the
 sample; the reader runs on all of them and is also reported on that same subset. SQuAD v1.1 dev is split into its two
 regimes for the shipped checkpoint (`bench/regimes.py`): *adapted* (the 13 articles whose text made the synthetic
@@ -32,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import git_commit, machine, markdown_table, save_results, update_benchmarks_md  # noqa: E402
 from ragless.eval import metrics as M  # noqa: E402
 from ragless.eval.datasets import load, sample_questions  # noqa: E402
+from retrieve_generate_model.reader import no_answer_margin  # noqa: E402
 from retrieve_generate_model.records import Source  # noqa: E402
 
 DATASETS = (("squad-v1.1", 1000), ("squad-v2.0", 1000))
@@ -44,9 +50,32 @@ def gold_source(evalset, q) -> Source:
                   span.char_start, span.char_end, title=doc.title)
 
 
+def abstaining(joint, evalset, answerable: list, read: list[dict], limit: int, seed: int) -> list[dict]:
+    """The reader with its "no answer" rule on the answerable questions (already ``read``) and as many unanswerable
+    ones (each with the paragraph it was asked about)."""
+    margin = joint.config.reader_abstain_margin
+    margin = float("inf") if margin is None else margin
+    rows = []
+    for q, done in zip(answerable, read):
+        t0 = time.perf_counter()
+        spans, null = joint.reader.read(q.question, [gold_source(evalset, q).text], top=1)
+        abstained = no_answer_margin(spans, null) > margin
+        rows.append({**done, "answerable": True, "em": 0.0 if abstained else done["em"],
+                     "f1": 0.0 if abstained else done["f1"], "seconds": time.perf_counter() - t0})
+    impossible = sample_questions([q for q in evalset.questions if not q.answerable and q.evidence], limit, seed)
+    for q in impossible:
+        t0 = time.perf_counter()
+        spans, null = joint.reader.read(q.question, [gold_source(evalset, q).text], top=1)
+        abstained = float(no_answer_margin(spans, null) > margin)
+        rows.append({"qid": q.qid, "answerable": False, "abstain": abstained, "seconds": time.perf_counter() - t0})
+    return rows
+
+
 def summary(rows: list[dict], system: str, part: str) -> dict:
     out = {"system": system, "part": part, "n": len(rows)}
-    for metric in ("em", "f1"):
+    for metric in ("em", "f1", "abstain"):
+        if not all(metric in r for r in rows):
+            continue
         mean, low, high = M.bootstrap_ci([r[metric] for r in rows])
         out[metric] = round(mean, 4) if mean is not None else None
         out[f"{metric}_ci"] = [round(low, 4), round(high, 4)] if mean is not None else None
@@ -100,11 +129,16 @@ def main() -> None:
                 per[system].append({"qid": q.qid, "regime": regime, "subset": i < args.generator_limit,
                                     "em": M.exact_match(text, q.answers, q.lang),
                                     "f1": M.token_f1(text, q.answers, q.lang), "seconds": seconds})
+        if name == "squad-v2.0" and joint.reader.config.null_answer:
+            per["reader-abstaining"] = abstaining(joint, evalset, questions, per["reader"], limit, args.seed)
         for system, rows in per.items():
             parts = [("all", rows), ("adapted", [r for r in rows if r["regime"] == "adapted"]),
                      ("zero-shot", [r for r in rows if r["regime"] == "zero-shot"])]
             if system == "reader":
                 parts.append(("generator subset", [r for r in rows if r["subset"]]))
+            if system == "reader-abstaining":
+                parts = [("answerable", [r for r in rows if r["answerable"]]),
+                         ("unanswerable", [r for r in rows if not r["answerable"]])]
             for part, part_rows in parts:
                 if part_rows:
                     results.append({"dataset": name, **summary(part_rows, system, part)})
@@ -112,10 +146,11 @@ def main() -> None:
 
     command = "python bench/reader.py --data ../shared/data" + (f" --only {args.only}" if args.only else "")
     command += f" --generator-limit {args.generator_limit}" if args.generator_limit != 100 else ""
+    command += f" --checkpoint {args.checkpoint}" if args.checkpoint != "checkpoints/joint" else ""
     save_results("reader", {"command": command, "checkpoint": args.checkpoint, "seed": args.seed,
                             "generator_limit": args.generator_limit, "results": results})
-    columns = ["dataset", "part", "system", "n", "em", "f1", "latency_p50_s"]
-    body = markdown_table(columns, [[{"em": _ci(r, "em"), "f1": _ci(r, "f1")}.get(c, r[c]) for c in columns]
+    columns = ["dataset", "part", "system", "n", "em", "f1", "abstain", "latency_p50_s"]
+    body = markdown_table(columns, [[_ci(r, c) if c in ("em", "f1", "abstain") else r[c] for c in columns]
                                     for r in results])
     header = (f"Gold paragraph given (retrieval taken out). `{command}` at commit {git_commit()}, "
               f"{machine()['cpu']} ({machine()['cores']} cores), seed {args.seed}; the two generators on the first "
@@ -124,7 +159,7 @@ def main() -> None:
 
 
 def _ci(row: dict, metric: str) -> str:
-    if row[metric] is None:
+    if row.get(metric) is None:
         return ""
     low, high = row[f"{metric}_ci"]
     return f"{row[metric]:.3f} ({low:.2f}–{high:.2f})"

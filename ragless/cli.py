@@ -286,6 +286,21 @@ def _cmd_train_joint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_calibrate(args: argparse.Namespace) -> int:
+    from retrieve_generate_model.train import calibrate_checkpoint
+
+    if not Path(args.heldout).is_file():
+        raise UsageError(f"ragless train calibrate: no file {args.heldout} (make one with `ragless synth qa`)")
+    if args.examples < 1:
+        raise UsageError(f"ragless train calibrate: --examples must be at least 1, got {args.examples}")
+    try:
+        report = calibrate_checkpoint(args.checkpoint, args.heldout, args.examples)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"ragless train calibrate: {e}") from None
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_train_reader(args: argparse.Namespace) -> int:
     from retrieve_generate_model.train import train_reader_alone
 
@@ -389,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, AnswerReaderTrainConfig)
     add_dataclass_args(m, AnswerReaderConfig, skip=("lora_targets",))
     m.set_defaults(func=_cmd_train_reader)
+
+    m = models.add_parser("calibrate", help="set a joint checkpoint's abstention settings on held-out rows (after "
+                                            "replacing its reader, say)")
+    m.add_argument("--checkpoint", required=True, help="joint checkpoint folder; its config.json is rewritten")
+    m.add_argument("--heldout", required=True, help="held-out rows (`ragless synth qa`)")
+    m.add_argument("--examples", type=int, default=60, help="held-out rows decoded (default: 60)")
+    m.set_defaults(func=_cmd_train_calibrate)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

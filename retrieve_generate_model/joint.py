@@ -283,13 +283,17 @@ class JointModel:
         folder.mkdir(parents=True, exist_ok=True)
         self.generator.save_pretrained(str(folder / ADAPTER_DIR))
         (folder / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's blank model card; the folder has one
-        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+        self.save_config(folder)
         if self.span_head is not None:
             from safetensors.torch import save_file
 
             save_file(self.span_head.state_dict(), str(folder / HEADS_FILE))
         if self.reader is not None:
             self.reader.save(folder / READER_DIR)
+
+    def save_config(self, folder: str | Path) -> None:
+        """Only ``config.json`` (the decoding settings of a checkpoint whose weights are already in ``folder``)."""
+        (Path(folder) / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path, generator_config: GeneratorConfig | None = None, **overrides: Any) -> JointModel:

@@ -260,12 +260,15 @@ def occurrences(text: str, answer: str) -> list[tuple[int, int]]:
 def reader_examples(rows: list[dict[str, Any]], negatives: int,
                     unanswerable: bool = False) -> list[tuple[str, list[str], str | None]]:
     """(question, [evidence text, negative source texts...], answer) of the answerable rows of `synth_pipeline.qa`;
-    negatives are the row's sources that do not contain the answer. With ``unanswerable``, also (question, its
-    first 1 + ``negatives`` sources, None) of the rows whose sources do not answer."""
+    negatives are the row's sources that do not contain the answer. With ``unanswerable``, also (question, 1 +
+    ``negatives`` of its sources, what is left of the evidence first, None) of the rows whose sources do not
+    answer."""
     out = []
     for row in rows:
         if not row["answerable"] and unanswerable and row["sources"]:
-            out.append((row["question"], [s["text"] for s in row["sources"][: 1 + negatives]], None))
+            # what is kept of the evidence (cut, or whole under a swapped question) first: the closest miss
+            sources = sorted(row["sources"], key=lambda source: source.get("seg_id") != row.get("seg_id"))
+            out.append((row["question"], [s["text"] for s in sources[: 1 + negatives]], None))
         if not row["answerable"] or not row["answer"].strip():
             continue
         evidence = row["sources"][row["quote_source"]]["text"]

@@ -220,18 +220,11 @@ def train_joint(
         retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,
                                          out / "retriever", log_file, log)
     heldout = shown_rows(model, read_rows(heldout_path))[: cfg.heldout_examples]
-    margins = route_margins(model, heldout)
-    answerable = [row["answerable"] for row in heldout]
-    bias = calibrate_abstain_bias(margins, answerable) if cfg.calibrate else 0.0
-    model.config = dataclasses.replace(model.config, abstain_bias=bias)
-    if model.reader is not None and model.reader.config.null_answer and cfg.calibrate:
-        threshold = calibrate_reader_threshold(reader_margins(model, heldout), [m + bias > 0 for m in margins],
-                                               answerable)
-        model.config = dataclasses.replace(model.config, reader_abstain_margin=threshold)
-        reader = {**reader, "reader_abstain_margin": threshold}
+    calibration = calibrate(model, heldout) if cfg.calibrate else {"abstain_bias": 0.0}
+    model.config = dataclasses.replace(model.config, **calibration)
     model.save(out)
     report = evaluate_joint(model, heldout, score)
-    report |= {"examples": len(order), "train_rows": len(rows), "abstain_bias": bias, **reader, **retriever}
+    report |= {"examples": len(order), "train_rows": len(rows), **calibration, **reader, **retriever}
     log_file.write(json.dumps({"heldout": report}) + "\n")
     log_file.close()
     (out / "heldout.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -433,6 +426,34 @@ def reader_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]
                  for s in row_sources(row)[: model.config.k]]
         out.append(no_answer_margin(*model.reader.read(row["question"], shown)))
     return out
+
+
+def calibrate(model: JointModel, heldout: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The abstention settings of ``model``'s config chosen on held-out rows: the route's ``abstain_bias``
+    (`calibrate_abstain_bias`) and, for a reader with the "no answer" option, ``reader_abstain_margin``
+    (`calibrate_reader_threshold`, given that bias). The end of `train_joint`, and `ragless train calibrate` for a
+    checkpoint whose reader was trained apart."""
+    margins = route_margins(model, heldout)
+    answerable = [row["answerable"] for row in heldout]
+    out: dict[str, float | None] = {"abstain_bias": calibrate_abstain_bias(margins, answerable)}
+    if model.reader is not None and model.reader.config.null_answer:
+        out["reader_abstain_margin"] = calibrate_reader_threshold(
+            reader_margins(model, heldout), [m + out["abstain_bias"] > 0 for m in margins], answerable)
+    return out
+
+
+def calibrate_checkpoint(folder: str | Path, heldout_path: str | Path, examples: int = 60) -> dict[str, Any]:
+    """`ragless train calibrate`: `calibrate` the checkpoint in ``folder`` on (the first ``examples`` of) the
+    held-out rows and save its config; returns the settings and the held-out report under them."""
+    from ragless.eval.metrics import exact_match, token_f1
+
+    model = JointModel.load(folder)
+    heldout = shown_rows(model, read_rows(heldout_path))[:examples]
+    settings = calibrate(model, heldout)
+    model.config = dataclasses.replace(model.config, **settings)
+    model.save_config(folder)
+    report = evaluate_joint(model, heldout, lambda p, golds: (exact_match(p, golds), token_f1(p, golds)))
+    return {**settings, "heldout": report}
 
 
 def calibrate_reader_threshold(margins: list[float], generator_abstains: list[bool],

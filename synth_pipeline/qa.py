@@ -21,7 +21,9 @@ preprocessing model cut, so the training sources look like the ones retrieved at
    place of the last when it was not retrieved), as at answer time.
 5. **Unanswerables**: a share of the questions is given sources without the answer: either the evidence segment is
    withheld (only the negatives), or — the near miss that SQuAD 2.0 is made of — the evidence segment is kept with
-   the answer's sentence cut out of it. The target is then to abstain.
+   the answer's sentence cut out of it, or (``swapped_fraction``) the evidence kept whole and the question changed
+   to ask about something it does not say: a name, year or number of the question swapped for another of the same
+   kind from a segment retrieved beside the evidence (SQuAD 2.0's "entity swap"). The target is then to abstain.
 6. **Multi-source**: every source that holds the answer where the question's words are (not only the one the
    question was made from) is a source the answer may rely on; the target ranks the evidence segment first.
 
@@ -63,10 +65,26 @@ class QAConfig:
     fronted: float = 0.8  # share of spans asked with the question word in front where the sentence allows it
     cloze: str = "wh-cloze"  # the other questions: "wh-cloze" (question word, then the clause's words without the
     #                          span) or "in-situ" (the question phrase in the span's place, the clause whole)
+    # Questions that do not copy their sentence (`noisy_question`; fronted and wh-cloze questions): people ask with
+    # a few of the sentence's words, not all of them in order, so the reader must use the question word to choose
+    # among the spans near them instead of filling the one gap a copied sentence leaves
+    vary_wh: bool = False  # draw the question phrase among its kind's phrasings ("When", "On what date", ...)
+    drop_content_words: float = 0.0  # probability of dropping each content word after the question phrase
+    shuffle_window: float = 0.0  # words move at most this many places (0: order kept)
+    swapped_fraction: float = 0.0  # of the unanswerables: the evidence kept whole, a name or number of the question
+    #                                swapped for one of a retrieved segment that the evidence lacks (`swap_entity`)
+    numeric_weight: float = 1.0  # odds of a date, year, number or measure being the answer against a name or thing
 
     def __post_init__(self) -> None:
         if self.cloze not in ("in-situ", "wh-cloze"):
             raise ValueError(f"cloze must be 'in-situ' or 'wh-cloze', got {self.cloze!r}")
+        if not 0.0 <= self.swapped_fraction <= 1.0:
+            raise ValueError(f"swapped_fraction must be in [0, 1], got {self.swapped_fraction}")
+        if not 0.0 <= self.drop_content_words < 1.0:
+            raise ValueError(f"drop_content_words must be in [0, 1), got {self.drop_content_words}")
+        if self.shuffle_window < 0 or self.numeric_weight <= 0:
+            raise ValueError(f"shuffle_window must be >= 0 and numeric_weight > 0, got {self.shuffle_window}, "
+                             f"{self.numeric_weight}")
 
 
 # ------------------------------------------------------------------------------------------------------- languages
@@ -90,6 +108,16 @@ _WH = {
     "fr": {"date": "Quand", "year": "En quelle année", "number": "Combien", "measure": "Combien",
            "name": "Qui ou quoi", "quoted": "Quel titre", "thing": "Quoi", "person": "Qui", "place": "Où"},
 }
+# other ways people ask for the same kind of span (`QAConfig.vary_wh`), keyed by the plain question word
+_WH_VARIANTS = {
+    "en": {"When": ("When", "On what date", "What date"), "In what year": ("In what year", "When", "What year"),
+           "How much": ("How much", "How many", "What"), "What title": ("What title", "What"),
+           "What": ("What", "Which")},
+    "fr": {"Quand": ("Quand", "À quelle date"), "En quelle année": ("En quelle année", "Quand"),
+           "Quoi": ("Quoi", "Quel")},
+}
+_DETERMINERS = frozenset("the a an le la les un une".split())  # a preposition before one goes with them
+_NUMERIC_KINDS = frozenset(("date", "year", "number", "measure"))
 _AUX = {"en": frozenset("was were is are has have had will would can could did does".split()),
         "fr": frozenset("est sont était étaient a ont avait peut doit".split())}
 _STARTERS = frozenset(
@@ -191,6 +219,8 @@ def cloze_question(sentence: str, start: int, end: int, kind: str, lang: str, rn
     >>> cloze_question("The tower opened on 31 March 1889 in Paris.", 20, 33, "date", "en", random.Random(0),
     ...                QAConfig(drop_function_words=0.0))
     'When the tower opened on in Paris?'
+
+    The question word is `question_word`'s (names asked with Who, Where or What by their context).
     """
     c_start, c_end = _clause(sentence, start, end)
     if len(_WORD.findall(sentence[c_start:start] + " " + sentence[end:c_end])) < 3:
@@ -201,7 +231,7 @@ def cloze_question(sentence: str, start: int, end: int, kind: str, lang: str, rn
     words = [w for w in left + right if not (w.lower() in fw and rng.random() < cfg.drop_function_words)]
     if words and words[0][0].isupper() and words[0].lower() in fw:
         words[0] = words[0].lower()  # "The tower" -> "When the tower": the question word starts the sentence
-    return f"{_WH[lang][kind]} {' '.join(words)}?"
+    return f"{question_word(sentence, start, kind, sentence[start:end], lang)} {' '.join(words)}?"
 
 
 # the question phrase put in the span's place (in-situ), by kind; a preposition before a place is taken in ("where")
@@ -316,6 +346,46 @@ def fronted_question(sentence: str, start: int, end: int, kind: str, lang: str, 
     return " ".join([wh, aux, *subject, *middle, *after.split()]) + "?"
 
 
+def noisy_question(question: str, wh: str, lang: str, rng: random.Random, cfg: QAConfig) -> str:
+    """A question that copies its sentence less: its question phrase ``wh`` (which starts it) perhaps said another
+    way (``cfg.vary_wh``), each content word after it dropped with probability ``cfg.drop_content_words`` (with the
+    preposition or determiner before it; at least ``cfg.min_shared_words + 1`` content words stay, the first ones
+    back first), and the words locally shuffled (each moves by less than ``cfg.shuffle_window`` places): the word
+    dropping and shuffling of Lewis et al.'s noisy clozes. A question not starting with ``wh`` is returned as it is.
+
+    >>> q = "When was the game played at Levi's Stadium in Santa Clara?"
+    >>> noisy_question(q, "When", "en", random.Random(0), QAConfig(vary_wh=True, drop_content_words=0.4))
+    'On what date was the game played Stadium in Santa Clara?'
+    >>> noisy_question(q, "When", "en", random.Random(2), QAConfig(drop_content_words=0.4))
+    'When was the game played in Santa Clara?'
+    >>> noisy_question(q, "When", "en", random.Random(0), QAConfig())  # no noise configured: the question itself
+    "When was the game played at Levi's Stadium in Santa Clara?"
+    """
+    if not question.startswith(wh + " "):
+        return question
+    body = question[len(wh):].strip().rstrip("?").split()
+    if cfg.vary_wh:
+        wh = rng.choice(_WH_VARIANTS[lang].get(wh, (wh,)))
+    fw = _FUNCTION_WORDS[lang]
+    content = [_words(w).lower() not in fw for w in body]
+    keep = [not c or rng.random() >= cfg.drop_content_words for c in content]
+    for i in range(len(body)):  # too few content words left to find the sentence by: put the first ones back
+        if sum(k and c for k, c in zip(keep, content)) > cfg.min_shared_words:
+            break
+        keep[i] = keep[i] or content[i]
+    for i in range(1, len(body)):
+        if not keep[i] and content[i] and not content[i - 1] and keep[i - 1]:
+            keep[i - 1] = False  # "at the Stadium" dropped whole, not "at the" left alone
+            if i > 1 and not content[i - 2] and body[i - 1].lower() in _DETERMINERS and \
+                    body[i - 2].lower() not in _AUX[lang]:
+                keep[i - 2] = False
+    words = [w for w, k in zip(body, keep) if k]
+    if cfg.shuffle_window > 0:
+        keys = [i + rng.uniform(0, cfg.shuffle_window) for i in range(len(words))]
+        words = [w for _, w in sorted(zip(keys, words), key=lambda kw: kw[0])]
+    return f"{wh} {' '.join(words)}?"
+
+
 def round_trip(question: str, answer: str, text: str, sentence: tuple[int, int], lang: str, min_shared: int) -> bool:
     """Whether answering ``question`` from ``text`` leads back to ``answer`` in ``sentence``: the answer is not in
     the question, the question shares at least ``min_shared`` content words with that sentence, and no other sentence
@@ -395,8 +465,15 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         (sent, (sent[0] + s, sent[0] + e), kind)
         for sent in sentences(text) if is_prose(text[sent[0]:sent[1]])
         for s, e, kind in answer_candidates(text[sent[0]:sent[1]], cfg.max_answer_words)
+        if not (kind == "name" and s == 0 and not proper_elsewhere(text, text[sent[0] + s: sent[0] + e]))
     ]
-    rng.shuffle(candidates)
+    if cfg.numeric_weight == 1.0:
+        rng.shuffle(candidates)
+    else:  # a weighted random order (Efraimidis & Spirakis): numeric kinds come first more often
+        weight = {True: cfg.numeric_weight, False: 1.0}
+        keys = [rng.random() ** (1.0 / weight[kind in _NUMERIC_KINDS]) for _, _, kind in candidates]
+        candidates = [c for _, c in sorted(zip(keys, candidates), key=lambda kc: -kc[0])]
+    noisy = cfg.vary_wh or cfg.drop_content_words > 0 or cfg.shuffle_window > 0
     drafts: list[_Draft] = []
     for sent, (a_start, a_end), kind in candidates:
         if len(drafts) >= cfg.questions_per_segment:
@@ -409,9 +486,55 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
             question = in_situ_question(sentence, start, end, kind, lang, cfg) if cfg.cloze == "in-situ" else \
                 cloze_question(sentence, start, end, kind, lang, rng, cfg)
         answer = text[a_start:a_end]
+        if noisy:
+            question = noisy_question(question, question_word(sentence, start, kind, answer, lang), lang, rng, cfg)
         if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
             drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts), origin))
     return drafts
+
+
+def proper_elsewhere(text: str, name: str) -> bool:
+    """Whether a capitalized word that opens a sentence is a name: it has more than one word, or the text also
+    writes it capitalized inside a sentence ("Add support for loaders." opens with a verb, not a name).
+
+    >>> proper_elsewhere("Add support for loaders. We add it.", "Add")
+    False
+    >>> proper_elsewhere("Tesla was born in Smiljan. His father moved Tesla to Gospić.", "Tesla")
+    True
+    """
+    if " " in name:
+        return True
+    return re.search(rf"(?<=[\w,;:)] ){re.escape(name)}\b", text) is not None
+
+
+def swap_entity(question: str, evidence: str, pool: Sequence[tuple[str, str]], rng: random.Random) -> str | None:
+    """``question`` with one of its names, years or numbers that ``evidence`` holds replaced by another of the same
+    kind from ``pool`` (``(span, kind)`` pairs from other segments) that ``evidence`` does not hold; None when there is
+    nothing to swap. The question then asks about something the evidence does not say, though it matches it closely.
+
+    >>> swap_entity("When was the game played at Levi's Stadium?", "The game was played at Levi's Stadium in 2016.",
+    ...             [("Sun Life Stadium", "name"), ("1985", "year")], random.Random(0))
+    'When was the game played at Sun Life Stadium?'
+    """
+    spans = [(s, e, kind) for s, e, kind in answer_candidates(question) if s > 0 and kind in _SWAPPABLE
+             and question[s:e] in evidence]
+    rng.shuffle(spans)
+    for s, e, kind in spans:
+        others = sorted({span for span, k in pool if k == kind and span not in evidence
+                         and span.lower() not in question.lower()})
+        if others:
+            return question[:s] + rng.choice(others) + question[e:]
+    return None
+
+
+_SWAPPABLE = frozenset(("name", "year", "date", "number"))
+
+
+def _spans_of(sources: Iterable[Source]) -> list[tuple[str, str]]:
+    """``(span, kind)`` of the answer candidates in the sources' sentences: what a swapped question asks about
+    instead (taken from the segments retrieved for it, so the swap is a plausible near miss)."""
+    return [(source.text[a + s: a + e], kind) for source in sources for a, b in sentences(source.text)
+            for s, e, kind in answer_candidates(source.text[a:b])]
 
 
 def _holds_answer(source: Source, draft: _Draft) -> bool:
@@ -456,10 +579,12 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
         gold = draft.segment
         rank = next((i for i, h in enumerate(hits) if h.seg_id == gold.seg_id), None)
         unanswerable = rng.random() < cfg.unanswerable_fraction
+        swapped = unanswerable and rng.random() < cfg.swapped_fraction and \
+            swap_entity(draft.question, gold.text, _spans_of(h for h in hits if h.seg_id != gold.seg_id), rng)
         # other sources: without the answer, or (answerable examples) holding it where the question's words are
         negatives = [h for h in hits if h.seg_id != gold.seg_id and (
             draft.answer not in h.text or (not unanswerable and _holds_answer(h, draft)))][: cfg.k - 1]
-        near_miss = unanswerable and rng.random() < cfg.near_miss_fraction
+        near_miss = unanswerable and not swapped and rng.random() < cfg.near_miss_fraction
         rows = [_source_row(h) for h in negatives]
         at = min(rank if rank is not None else len(rows), len(rows))  # the evidence where the retriever put it
         if unanswerable and near_miss:
@@ -468,11 +593,11 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             if draft.answer in cut or not cut:
                 continue
             rows.insert(at, _source_row(gold, cut))
-        elif not unanswerable:
+        elif not unanswerable or swapped:
             rows.insert(at, _source_row(gold))
         if not rows:
             continue
-        kind = "near-miss" if near_miss else "withheld" if unanswerable else "span"
+        kind = "swapped" if swapped else "near-miss" if near_miss else "withheld" if unanswerable else "span"
         relied, quote = [], None
         if not unanswerable:
             gold_at = next(i for i, r in enumerate(rows) if r["seg_id"] == gold.seg_id)
@@ -485,7 +610,7 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             "doc_id": gold.doc_id,
             "seg_id": gold.seg_id,
             "lang": draft.lang,
-            "question": draft.question,
+            "question": swapped or draft.question,
             "question_origin": draft.origin,
             "answer_kind": draft.kind,
             "answer": draft.answer if not unanswerable else "",

@@ -127,6 +127,10 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, corpus, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": 3}\n')
     cases.append((["ask", "--index", str(index), "--questions", str(bad)], 'string field "question"'))
+    cases.append((["train", "calibrate", "--checkpoint", str(tmp_path), "--heldout", str(bad)],
+                  "not a joint model checkpoint"))
+    cases.append((["train", "calibrate", "--checkpoint", str(tmp_path), "--heldout", str(tmp_path / "no.parquet")],
+                  "no file"))
     for argv, reason in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and reason in err, (argv, err)

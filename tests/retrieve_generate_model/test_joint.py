@@ -331,6 +331,22 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
         train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out,
                     JointTrainConfig(epochs=1), model_cfg, log=lambda _: None)
 
+    # `ragless train calibrate` (a checkpoint whose reader was replaced): the abstention settings chosen on held-out
+    # rows with both kinds are written to config.json alone
+    from retrieve_generate_model.train import calibrate_checkpoint
+
+    unanswerable = {**rows[0], "example_id": "u0", "answer": "", "answerable": False, "kind": "withheld",
+                    "sources": rows[1]["sources"], "relied": [], "answer_start": -1, "answer_end": -1,
+                    "quote_source": -1, "quote_start": -1, "quote_end": -1}
+    write_examples([rows[0], unanswerable], tmp_path / "calibration.parquet", QAConfig(), 0)
+    weights = (out / "reader" / "reader_head.safetensors").read_bytes()
+    result = calibrate_checkpoint(out, tmp_path / "calibration.parquet", examples=2)
+    saved = json.loads((out / "config.json").read_text())
+    assert result["heldout"]["n"] == 2 and set(result) == {"abstain_bias", "reader_abstain_margin", "heldout"}
+    assert (saved["abstain_bias"], saved["reader_abstain_margin"]) == (result["abstain_bias"],
+                                                                       result["reader_abstain_margin"])
+    assert (out / "reader" / "reader_head.safetensors").read_bytes() == weights
+
 
 def test_abstain_bias_calibration_balances_the_two_routes():
     import doctest

@@ -13,6 +13,7 @@ from retrieve_generate_model.reader import (
     AnswerReaderTrainConfig,
     no_answer_margin,
     occurrences,
+    reader_examples,
     train_reader,
 )
 
@@ -178,3 +179,13 @@ def test_ragless_train_reader_writes_a_reader_folder_from_several_files(tmp_path
     assert "stride 90" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(["train", "reader", "--train", str(tmp_path / "nope.parquet"), "--heldout", "x", "--out",
                  str(tmp_path / "o")]) == 2
+
+
+def test_unanswerable_rows_are_read_with_what_is_left_of_their_evidence_first():
+    far = {"seg_id": "other", "text": "Bread is baked in ovens."}
+    kept = {"seg_id": "s1", "text": "The station opened in 1950."}  # a swapped question's evidence, kept whole
+    row = {"question": "When did the airport open?", "answer": "", "answerable": False, "seg_id": "s1",
+           "sources": [far, kept]}
+    assert reader_examples([row], negatives=1, unanswerable=True) == [
+        ("When did the airport open?", [kept["text"], far["text"]], None)]
+    assert reader_examples([row], negatives=1) == []  # without the "no answer" option they are not read

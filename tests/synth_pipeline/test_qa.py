@@ -19,6 +19,8 @@ from synth_pipeline.qa import (
     in_situ_question,
     is_prose,
     make_examples,
+    noisy_question,
+    proper_elsewhere,
     question_word,
     round_trip,
     split_by_doc,
@@ -70,7 +72,7 @@ def test_cloze_question_and_round_trip():
     sentence = "It was built between 1807 and 1810 by Robert Stevenson."
     start = sentence.index("Robert Stevenson")
     q = cloze_question(sentence, start, start + len("Robert Stevenson"), "name", "en", random.Random(0), cfg)
-    assert q.startswith("Who or what ") and "Stevenson" not in q and q.endswith("?") and "1807" in q
+    assert q.startswith("Who ") and "Stevenson" not in q and q.endswith("?") and "1807" in q  # a person: Who
     text = TEXTS[0][1]
     sent = (text.index("It was"), text.index("Stevenson.") + len("Stevenson."))
     assert round_trip(q, "Robert Stevenson", text, sent, "en", 2)
@@ -128,6 +130,22 @@ def test_examples_have_evidence_negatives_unanswerables_and_are_deterministic(tm
     assert table.to_pylist()[0]["sources"][0]["text"] == rows[0]["sources"][0]["text"]
 
 
+def test_swapped_unanswerables_keep_the_evidence_and_ask_about_what_it_lacks():
+    cfg = QAConfig(unanswerable_fraction=1.0, swapped_fraction=1.0, questions_per_segment=3, k=3)
+    rows = [r for seed in range(4) for r in make_examples(segments(), lexical_retrieve, cfg, seed=seed)]
+    swapped = [r for r in rows if r["kind"] == "swapped"]
+    assert swapped and all(not r["answerable"] and r["answer"] == "" for r in swapped)
+    texts = dict(zip((s.seg_id for s in segments()), TEXTS))
+    for r in swapped:
+        evidence = texts[r["seg_id"]][1]
+        assert evidence in [s["text"] for s in r["sources"]]  # kept whole, unlike a near miss
+        new = [span for s, e, _ in answer_candidates(r["question"]) if s > 0
+               for span in [r["question"][s:e]] if span not in evidence]
+        assert new  # the question asks about something the evidence does not hold
+    with pytest.raises(ValueError, match="swapped_fraction"):
+        QAConfig(swapped_fraction=1.5)
+
+
 def test_fronted_questions_ask_the_way_people_do():
     cfg = QAConfig()
     s = "Robert Stevenson built the lighthouse in 1810."
@@ -140,6 +158,36 @@ def test_fronted_questions_ask_the_way_people_do():
     assert fronted_question(s, start, start + 11, "name", "en", cfg) == "Where was the first Super Bowl held?"
     assert fronted_question("Apples grow well here.", 7, 11, "thing", "en", cfg) is None  # no shape to front
     assert is_prose(s) and not is_prose("xsltGetKey xsltGetNsProp xsltGetTemplate") and not is_prose("Too short.")
+
+
+def test_noisy_questions_drop_words_but_stay_findable_and_keep_their_question_word():
+    q = "When was the game played at Levi's Stadium in Santa Clara?"
+    cfg = QAConfig(vary_wh=True, drop_content_words=0.6, shuffle_window=2.0)
+    plain = content_words(q, "en")
+    outs = [noisy_question(q, "When", "en", random.Random(seed), cfg) for seed in range(40)]
+    for out in outs:
+        assert out.endswith("?") and out.split()[0] in ("When", "On", "What")
+        kept = content_words(out, "en") - {"date"}
+        assert kept <= plain and len(kept) > cfg.min_shared_words  # enough left to find the sentence by
+    assert len(set(outs)) > 10 and any(o.startswith("On what date ") for o in outs)
+    assert any(len(content_words(o, "en")) < len(plain) for o in outs)
+    # a question that does not start with its question phrase (in-situ) is left alone
+    assert noisy_question("The tower opened on what date?", "When", "en", random.Random(0), cfg) == \
+        "The tower opened on what date?"
+    with pytest.raises(ValueError, match="drop_content_words"):
+        QAConfig(drop_content_words=1.0)
+
+
+def test_numeric_weight_asks_for_more_dates_and_numbers_and_sentence_openers_are_not_names():
+    def numeric_share(cfg: QAConfig) -> float:
+        rows = [r for seed in range(6) for r in make_examples(segments(), lexical_retrieve, cfg, seed=seed)]
+        return sum(r["answer_kind"] in ("date", "year", "number", "measure") for r in rows) / len(rows)
+
+    assert numeric_share(QAConfig(questions_per_segment=1, numeric_weight=20.0)) > \
+        numeric_share(QAConfig(questions_per_segment=1))
+    assert not proper_elsewhere("Add support for loaders. We add it.", "Add")
+    assert proper_elsewhere("Tesla was born in Smiljan. His father moved Tesla.", "Tesla")
+    assert proper_elsewhere("Santa Clara hosted it.", "Santa Clara")
 
 
 def test_the_module_doctests_pass():
