@@ -53,7 +53,7 @@ PARQUET_META_KEY = b"ragless.synth.qa"
 
 @dataclass(frozen=True)
 class QAConfig:
-    questions_per_segment: int = 2  # at most; fewer when the segment has fewer spans surviving the round trip
+    questions_per_segment: int = 3  # at most; fewer when the segment has fewer spans surviving the round trip
     k: int = 4  # sources per example: the answerer's k at answer time
     unanswerable_fraction: float = 0.3  # share of examples whose sources do not hold the answer
     near_miss_fraction: float = 0.5  # of the unanswerables: evidence kept with the answer's sentence cut out
@@ -68,12 +68,12 @@ class QAConfig:
     # Questions that do not copy their sentence (`noisy_question`; fronted and wh-cloze questions): people ask with
     # a few of the sentence's words, not all of them in order, so the reader must use the question word to choose
     # among the spans near them instead of filling the one gap a copied sentence leaves
-    vary_wh: bool = False  # draw the question phrase among its kind's phrasings ("When", "On what date", ...)
-    drop_content_words: float = 0.0  # probability of dropping each content word after the question phrase
+    vary_wh: bool = True  # draw the question phrase among its kind's phrasings ("When", "On what date", ...)
+    drop_content_words: float = 0.4  # probability of dropping each content word after the question phrase
     shuffle_window: float = 0.0  # words move at most this many places (0: order kept)
     swapped_fraction: float = 0.0  # of the unanswerables: the evidence kept whole, a name or number of the question
     #                                swapped for one of a retrieved segment that the evidence lacks (`swap_entity`)
-    numeric_weight: float = 1.0  # odds of a date, year, number or measure being the answer against a name or thing
+    numeric_weight: float = 3.0  # odds of a date, year, number or measure being the answer against a name or thing
 
     def __post_init__(self) -> None:
         if self.cloze not in ("in-situ", "wh-cloze"):
@@ -356,9 +356,10 @@ def noisy_question(question: str, wh: str, lang: str, rng: random.Random, cfg: Q
     >>> q = "When was the game played at Levi's Stadium in Santa Clara?"
     >>> noisy_question(q, "When", "en", random.Random(0), QAConfig(vary_wh=True, drop_content_words=0.4))
     'On what date was the game played Stadium in Santa Clara?'
-    >>> noisy_question(q, "When", "en", random.Random(2), QAConfig(drop_content_words=0.4))
+    >>> noisy_question(q, "When", "en", random.Random(2), QAConfig(vary_wh=False))
     'When was the game played in Santa Clara?'
-    >>> noisy_question(q, "When", "en", random.Random(0), QAConfig())  # no noise configured: the question itself
+    >>> quiet = QAConfig(vary_wh=False, drop_content_words=0.0)
+    >>> noisy_question(q, "When", "en", random.Random(0), quiet)  # no noise configured: the question itself
     "When was the game played at Levi's Stadium in Santa Clara?"
     """
     if not question.startswith(wh + " "):
