@@ -71,7 +71,7 @@ class QAConfig:
     vary_wh: bool = True  # draw the question phrase among its kind's phrasings ("When", "On what date", ...)
     drop_content_words: float = 0.4  # probability of dropping each content word after the question phrase
     shuffle_window: float = 0.0  # words move at most this many places (0: order kept)
-    swapped_fraction: float = 0.0  # of the unanswerables: the evidence kept whole, a name or number of the question
+    swapped_fraction: float = 0.4  # of the unanswerables: the evidence kept whole, a name or number of the question
     #                                swapped for one of a retrieved segment that the evidence lacks (`swap_entity`)
     numeric_weight: float = 3.0  # odds of a date, year, number or measure being the answer against a name or thing
 
