@@ -132,13 +132,14 @@ def main() -> None:
         if name == "squad-v2.0" and joint.reader.config.null_answer:
             per["reader-abstaining"] = abstaining(joint, evalset, questions, per["reader"], limit, args.seed)
         for system, rows in per.items():
-            parts = [("all", rows), ("adapted", [r for r in rows if r["regime"] == "adapted"]),
-                     ("zero-shot", [r for r in rows if r["regime"] == "zero-shot"])]
-            if system == "reader":
-                parts.append(("generator subset", [r for r in rows if r["subset"]]))
             if system == "reader-abstaining":
                 parts = [("answerable", [r for r in rows if r["answerable"]]),
                          ("unanswerable", [r for r in rows if not r["answerable"]])]
+            else:
+                parts = [("all", rows), ("adapted", [r for r in rows if r["regime"] == "adapted"]),
+                         ("zero-shot", [r for r in rows if r["regime"] == "zero-shot"])]
+            if system == "reader":
+                parts.append(("generator subset", [r for r in rows if r["subset"]]))
             for part, part_rows in parts:
                 if part_rows:
                     results.append({"dataset": name, **summary(part_rows, system, part)})
