@@ -8,7 +8,9 @@ benchmarks' own passages (the harness's `gold` corpus mode, its retrieval metric
 - ``lexical-trained``: the trained term weights and ``alpha``, fused with the dense score;
 - ``lexical-only``: the trained channel alone.
 
-    python bench/lexical_channel.py --data ../shared/data --train data/qa/train-en-v2/train.parquet
+    python bench/lexical_channel.py --data ../shared/data --train data/qa/train-en-v4/train.parquet
+    python bench/lexical_channel.py --data ../shared/data --train data/qa/train-en-v4/train.parquet \
+        --model checkpoints/joint/lexical          # the shipped channel, not retrained
 
 Writes bench/results/lexical_channel.json and the "Learned lexical channel" section of BENCHMARKS.md.
 """
@@ -117,9 +119,11 @@ def main() -> None:
     untrained = LexicalModel(vocab_mask=mask)
     trained = LexicalModel(vocab_mask=mask)
     t0 = time.perf_counter()
-    if args.model and (Path(args.model) / "lexical.json").is_file():  # trained by an earlier run with --model
-        trained, history = LexicalModel.load(args.model, encoder), json.loads(
-            (Path(args.model) / "history.json").read_text())
+    if args.model and (Path(args.model) / "lexical.json").is_file():  # trained earlier (--model, `train lexical`)
+        trained = LexicalModel.load(args.model, encoder)
+        made = Path(args.model) / "report.json"  # `ragless train lexical` (e.g. checkpoints/joint/lexical)
+        history = (json.loads(made.read_text())["history"] if made.is_file()
+                   else json.loads((Path(args.model) / "history.json").read_text()))
     else:
         rows = pq.read_table(args.train).to_pylist()
         history = train_lexical(rows, trained, encoder, LexicalTrainConfig(), log=lambda m: print(m, file=sys.stderr))

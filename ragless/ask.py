@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from preprocess_model.document import Segment
-from ragless.components import DEFAULT_ANSWERER, encoder_for, make_answerer, query_encoder_for
+from ragless.components import DEFAULT_ANSWERER, encoder_for, lexical_for, make_answerer, query_encoder_for
 from ragless.store import IndexReader
 from retrieve_generate_model.records import Answer, Source
 
@@ -41,6 +41,7 @@ class Asker:
         self.cfg = config or AskConfig()
         self.reader = IndexReader(index)
         self.encoder = encoder_for(self.reader.manifest)
+        self.lexical = lexical_for(self.reader.manifest, self.encoder)  # None: the index holds dense vectors alone
         self._answerer = answerer
         self._query_encoder = None
 
@@ -63,7 +64,9 @@ class Asker:
 
         Retrieval is attention over the segment memory (`retrieve_generate_model.kernels.retrieval_attention`): the
         exact top-k by inner product, and each one's weight ``exp(scale * score - log_z)`` normalized over every live
-        segment, not only over the k returned.
+        segment, not only over the k returned. When the index stores the learned lexical channel's vectors, the score
+        is the fused ``scale * cosine + alpha * lexical`` (`retrieve_generate_model.lexical.fused_attention`), with
+        the same exact top-k and normalization; `Source.score` is then the fused score divided by the scale.
         """
         import torch
 
@@ -72,9 +75,22 @@ class Asker:
         k = min(k or self.cfg.k, len(self.reader))
         if not questions or k == 0:
             return [[] for _ in questions]
-        queries = torch.from_numpy(self.query_encoder.embed_queries(questions))  # (M, D)
-        rows, scores, log_z = retrieval_attention(queries, torch.from_numpy(self.reader.memory()), k,
-                                                  scale=self.cfg.scale)
+        memory = torch.from_numpy(self.reader.memory())
+        if self.lexical is None:
+            queries = torch.from_numpy(self.query_encoder.embed_queries(questions))  # (M, D)
+            rows, scores, log_z = retrieval_attention(queries, memory, k, scale=self.cfg.scale)
+        else:
+            from retrieve_generate_model.lexical import encode, fused_attention, sparse_matrix
+
+            dense, terms = encode(self.encoder, self.lexical, questions, "query")  # one pass of the base MiniLM
+            if self.query_encoder is not self.encoder:  # the joint model's trained question tower
+                dense = self.query_encoder.embed_queries(questions)
+            vocab = self.lexical.vocab
+            # alpha was trained beside the lexical model's own scale: kept in that ratio at this temperature
+            alpha = float(self.lexical.alpha.detach()) * self.cfg.scale / self.lexical.config.scale
+            rows, scores, log_z = fused_attention(
+                torch.from_numpy(dense), sparse_matrix(terms, vocab), memory, self.reader.lexical_matrix(vocab), k,
+                scale=self.cfg.scale, alpha=alpha)
         out = []
         for q_rows, q_scores, q_log_z in zip(rows.tolist(), scores.tolist(), log_z.tolist()):
             sources = []

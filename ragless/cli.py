@@ -34,6 +34,7 @@ from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
 from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
+from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
 from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
 from synth_pipeline.qa import QAConfig
@@ -54,7 +55,14 @@ def _quiet_libraries() -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from ragless.components import make_encoder, make_segmenter, segmenter_from_arg
+    from ragless.components import (
+        DEFAULT_ANSWERER,
+        lexical_channel,
+        lexical_for,
+        make_encoder,
+        make_segmenter,
+        segmenter_from_arg,
+    )
     from ragless.ingest import IngestJob
     from ragless.store import read_manifest
 
@@ -69,9 +77,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             # window flags alone mean the fixed-window baseline with that window
             default = FixedWindowSegmenter.name if window_flags else DEFAULT_SEGMENTER
             segmenter = segmenter_from_arg(args.segmenter or default, window_flags or None)
+        encoder = make_encoder()
+        if manifest is not None and args.lexical is None:  # an existing index keeps its lexical channel (or none)
+            lexical = lexical_for(manifest, encoder)
+        elif args.lexical == "none":
+            lexical = None
+        else:
+            lexical = lexical_channel(args.lexical or DEFAULT_ANSWERER, encoder)
+            if lexical is None and args.lexical:
+                raise ValueError(f"the checkpoint {args.lexical} has no lexical channel (no lexical/ folder)")
     except ValueError as e:
         raise UsageError(f"ragless ingest: {e}") from None
-    job = IngestJob(args.index, segmenter, make_encoder(), config)
+    job = IngestJob(args.index, segmenter, encoder, config, lexical=lexical)
     report = job.run(args.paths, progress=not args.quiet)
     print(report.summary(), file=sys.stderr)
     if args.report:
@@ -301,6 +318,22 @@ def _cmd_train_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_lexical(args: argparse.Namespace) -> int:
+    from retrieve_generate_model.lexical import train_lexical_checkpoint
+
+    for path in (args.train, args.heldout):
+        if not Path(path).is_file():
+            raise UsageError(f"ragless train lexical: no file {path} (make one with `ragless synth qa`)")
+    try:
+        cfg, model_cfg = from_args(LexicalTrainConfig, args), from_args(LexicalConfig, args)
+        report = train_lexical_checkpoint(args.train, args.heldout, args.out, cfg, model_cfg,
+                                          log=lambda msg: print(msg, file=sys.stderr))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train lexical: {e}") from None
+    print(json.dumps({"heldout": report["heldout_check"], "fingerprint": report["fingerprint"]}))
+    return 0
+
+
 def _cmd_train_reader(args: argparse.Namespace) -> int:
     from retrieve_generate_model.train import train_reader_alone
 
@@ -328,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", help=f"segmenter of a new index: fixed-window, learned (the shipped model) or a "
                    f"checkpoint folder from `ragless train segmenter` (default: {DEFAULT_SEGMENTER}; an existing index "
                    "keeps the one that made it)")
+    p.add_argument("--lexical", help="the joint model checkpoint (name or folder) whose learned lexical channel "
+                   "weights a new index's words (default: the shipped one, when it has a channel); 'none' for dense "
+                   "vectors alone; an existing index keeps what made it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, IngestConfig)
     add_dataclass_args(p, ReaderConfig)
@@ -404,6 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, AnswerReaderTrainConfig)
     add_dataclass_args(m, AnswerReaderConfig, skip=("lora_targets",))
     m.set_defaults(func=_cmd_train_reader)
+
+    m = models.add_parser("lexical", help="the retriever's learned lexical channel (into a checkpoint's lexical/ "
+                                          "folder; indexes made with it must be re-ingested)")
+    m.add_argument("--train", required=True, help="training rows (Parquet, from `ragless synth qa`)")
+    m.add_argument("--heldout", required=True, help="held-out rows: evidence recall@1, dense vs fused")
+    m.add_argument("--out", required=True, help="folder of the channel, e.g. checkpoints/joint/lexical")
+    add_dataclass_args(m, LexicalTrainConfig)
+    add_dataclass_args(m, LexicalConfig)
+    m.set_defaults(func=_cmd_train_lexical)
 
     m = models.add_parser("calibrate", help="set a joint checkpoint's abstention settings on held-out rows (after "
                                             "replacing its reader, say)")

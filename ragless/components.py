@@ -1,7 +1,8 @@
 """The components an index is made with, by name: chosen once at construction, recorded in the manifest.
 
-An index records ``{"segmenter": {"name", "config"}, "encoder": {"name", "config"}}``; reopening it rebuilds the same
-components from that record, and a writer refuses to mix components into an index made by others.
+An index records ``{"segmenter": {"name", "config"}, "encoder": {"name", "config"}}``, and ``"lexical"`` when its
+segments carry the learned lexical channel's vectors; reopening it rebuilds the same components from that record, and
+a writer refuses to mix components into an index made by others.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SEGMENTER_CHECKPOINT = "segmenter"  # the shipped segmentation model, under CHEC
 JOINT_CHECKPOINT = "joint"  # the shipped joint retrieval/generation model, under CHECKPOINTS
 PROMPTED = "prompted"  # the prompt-stuffing answerer: the workflow baselines' generator
 DEFAULT_ANSWERER = JOINT_CHECKPOINT
+LEXICAL_DIR = "lexical"  # a joint checkpoint's learned lexical channel (retrieve_generate_model.lexical)
 
 
 def checkpoint_path(checkpoint: str) -> Path:
@@ -103,12 +105,47 @@ def stored(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config))
 
 
-def describe(segmenter: Segmenter, encoder: Encoder) -> dict[str, Any]:
-    """The record of both components, as the manifest stores it."""
-    return {
+def describe(segmenter: Segmenter, encoder: Encoder, lexical: Any = None) -> dict[str, Any]:
+    """The record of the components, as the manifest stores it (``lexical``: a `LexicalModel` from
+    `lexical_channel`, or None for an index of dense vectors alone)."""
+    record = {
         "segmenter": {"name": segmenter.name, "config": stored(segmenter.config())},
         "encoder": {"name": encoder.name, "config": stored(encoder.config())},
     }
+    if lexical is not None:
+        record["lexical"] = {"name": LEARNED, "config": {"checkpoint": lexical.checkpoint,
+                                                         "weights": lexical.fingerprint(), "vocab": lexical.vocab}}
+    return record
+
+
+def lexical_channel(checkpoint: str = DEFAULT_ANSWERER, encoder: Encoder | None = None):
+    """The learned lexical channel of a joint model checkpoint (its ``lexical/`` folder), or None when it has none
+    (then an index holds dense vectors alone). The model remembers the checkpoint it came from, as given."""
+    if checkpoint == PROMPTED:
+        return None
+    folder = checkpoint_path(checkpoint) / LEXICAL_DIR
+    if not (folder / "lexical.json").is_file():
+        return None
+    from retrieve_generate_model.lexical import LexicalModel
+
+    model = LexicalModel.load(folder, encoder)
+    model.checkpoint = checkpoint
+    return model
+
+
+def lexical_for(manifest: dict[str, Any], encoder: Encoder | None = None):
+    """The lexical channel that weighted an index's words, rebuilt from its manifest (None for a dense-only index);
+    an error if the checkpoint it names now holds other weights."""
+    recorded = manifest["components"].get("lexical")
+    if recorded is None:
+        return None
+    config = recorded["config"]
+    model = lexical_channel(config["checkpoint"], encoder)
+    if model is None or model.fingerprint() != config["weights"]:
+        found = "no lexical channel" if model is None else f"weights {model.fingerprint()}"
+        raise ValueError(f"the index's lexical vectors were made by {config['checkpoint']} with weights "
+                         f"{config['weights']}; that checkpoint now has {found}: re-ingest")
+    return model
 
 
 def encoder_for(manifest: dict[str, Any]) -> Encoder:

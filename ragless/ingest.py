@@ -4,8 +4,11 @@ It streams: documents are read one file at a time and processed in batches bound
 character budget, each batch written as one shard and committed, so peak memory does not grow with the corpus and a
 job killed at any point resumes where its last commit left it (unchanged documents are skipped by content hash).
 
-    job = IngestJob("my-index", segmenter=make_segmenter(), encoder=make_encoder())
+    job = IngestJob("my-index", segmenter=make_segmenter(), encoder=make_encoder(), lexical=lexical_channel())
     report = job.run(["docs/"])          # an IngestReport; report.to_dict() is the JSON report
+
+With ``lexical`` (the shipped joint model's learned lexical channel), each segment's word weights are stored beside its
+dense vector, from the same forward pass, and `ragless ask` retrieves by the fused score.
 
 Command line: ``ragless ingest docs/ --index my-index --report report.json``.
 """
@@ -111,10 +114,14 @@ def _under(source: str, root: str) -> bool:
 
 
 class IngestJob:
-    def __init__(self, index: str | Path, segmenter: Segmenter, encoder: Encoder, config: IngestConfig | None = None):
+    def __init__(self, index: str | Path, segmenter: Segmenter, encoder: Encoder, config: IngestConfig | None = None,
+                 lexical=None):
+        """``lexical``: the joint model's learned lexical channel (`ragless.components.lexical_channel`), whose
+        passage vectors are stored beside the dense ones; None for an index of dense vectors alone."""
         self.index = Path(index)
         self.segmenter = segmenter
         self.encoder = encoder
+        self.lexical = lexical
         self.cfg = config or IngestConfig()
 
     def run(self, paths: Sequence[str | Path], progress: bool = True) -> IngestReport:
@@ -145,7 +152,7 @@ class IngestJob:
 
     def _job(self, feed, progress: bool) -> IngestReport:
         t0 = time.perf_counter()
-        components = describe(self.segmenter, self.encoder)
+        components = describe(self.segmenter, self.encoder, self.lexical)
         report = IngestReport(index=str(self.index), components=components)
         with IndexWriter(self.index, components, dim=self.encoder.dim) as writer, tqdm(
             unit="doc", desc="ingest", disable=not progress, dynamic_ncols=True
@@ -218,9 +225,15 @@ class _Run:
         docs, self.pending, self.pending_chars = self.pending, [], 0
         segments = self.job.segmenter.segment(docs)
         texts = [passage_text(s.text, d.title, s.section) for d, segs in zip(docs, segments) for s in segs]
-        vectors = self.job.encoder.embed_passages(texts)  # (segments in batch, D)
+        lexical = None
+        if self.job.lexical is None:
+            vectors = self.job.encoder.embed_passages(texts)  # (segments in batch, D)
+        else:  # one forward pass for both: the dense vectors and the word weights of the same token states
+            from retrieve_generate_model.lexical import encode
+
+            vectors, lexical = encode(self.job.encoder, self.job.lexical, texts, "passage")
         replaced = sum(d.doc_id in self.writer.catalog for d in docs)
-        self.writer.add_shard(docs, segments, vectors)
+        self.writer.add_shard(docs, segments, vectors, lexical)
         crashpoint("after-shard")
         self.writer.commit()
         self.report.documents_replaced += replaced
@@ -230,7 +243,7 @@ class _Run:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         segments = self.report.segments_added
         self.bar.set_postfix(segments=segments, seg_per_s=f"{segments / elapsed:.1f}")
-        del docs, texts, vectors
+        del docs, texts, vectors, lexical
         release_freed_memory()
 
     def prune(self, roots: Iterable[str]) -> int:

@@ -7,6 +7,8 @@ Layout of an index directory (see ../shared/DESIGN.md, "The index on disk")::
     documents/<shard>.parquet     immutable: the documents a batch wrote (text, units, meta)
     segments/<shard>.parquet      immutable: their segments, row-aligned with ...
     vectors/<shard>.faiss         ... their embeddings (FAISS flat inner-product index)
+    lexical/<shard>.parquet       ... and their lexical vectors (word-piece ids and weights), when the index was made
+                                  with the retriever's learned lexical channel (component "lexical")
 
 A writer never changes a file that a manifest names. It writes new shard files, then a new catalog, then replaces
 `manifest.json` with `os.replace` (atomic on POSIX). A process killed at any point leaves the last committed
@@ -72,6 +74,8 @@ SEGMENTS_SCHEMA = pa.schema(
         ("kind", pa.string()),
     ]
 )
+LEXICAL_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
+SHARD_DIRS = ("catalog", "documents", "segments", "vectors", "lexical")
 CATALOG_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -165,6 +169,8 @@ def manifest_files(manifest: dict[str, Any] | None) -> set[str]:
     files = {manifest["catalog"]} if manifest.get("catalog") else set()
     for shard in manifest["shards"]:
         files |= {f"documents/{shard['id']}.parquet", f"segments/{shard['id']}.parquet", f"vectors/{shard['id']}.faiss"}
+        if shard.get("lexical"):
+            files.add(f"lexical/{shard['id']}.parquet")
     return files
 
 
@@ -207,6 +213,11 @@ def _segments_table(segments: Sequence[Segment]) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=SEGMENTS_SCHEMA)
 
 
+def _lexical_table(vectors: Sequence[tuple[np.ndarray, np.ndarray]]) -> pa.Table:
+    return pa.Table.from_pydict({"ids": [np.asarray(i, np.int32) for i, _ in vectors],
+                                 "weights": [np.asarray(w, np.float32) for _, w in vectors]}, schema=LEXICAL_SCHEMA)
+
+
 def _document_from_row(row: dict[str, Any]) -> Document:
     return Document(
         doc_id=row["doc_id"],
@@ -223,10 +234,12 @@ class IndexWriter:
     """The single writer of an index directory: stages shards and deletions, then commits a new generation.
 
     Use as a context manager; ``components`` is what made the vectors and cuts (``{"segmenter": {...},
-    "encoder": {...}}``) and must match what an existing index recorded.
+    "encoder": {...}}``, and ``"lexical"`` when segments carry lexical vectors) and must match what an existing index
+    recorded.
 
         with IndexWriter(path, components, dim=384) as w:
             w.add_shard(docs, segments_per_doc, vectors)   # vectors: (sum of segments, D) float32, unit norm
+            # with a "lexical" component: w.add_shard(docs, segments_per_doc, vectors, lexical=[(ids, weights), ...])
             w.delete(["doc-id"])
             w.commit()
     """
@@ -237,7 +250,7 @@ class IndexWriter:
         if (components is None or dim is None) and read_manifest(self.root) is None:
             raise StoreError(f"no index at {self.root}: a new index needs its components and dimension")
         self.root.mkdir(parents=True, exist_ok=True)
-        for sub in ("catalog", "documents", "segments", "vectors"):
+        for sub in SHARD_DIRS:
             (self.root / sub).mkdir(exist_ok=True)
         self._lock_file = open(self.root / LOCK, "a+")
         try:
@@ -276,8 +289,8 @@ class IndexWriter:
     def _check_components(self) -> None:
         if not self.manifest:
             return
-        for key, made_by in self.components.items():
-            recorded = self.manifest["components"].get(key)
+        for key in sorted(set(self.components) | set(self.manifest["components"])):
+            made_by, recorded = self.components.get(key), self.manifest["components"].get(key)
             if recorded != made_by:
                 raise StoreError(
                     f"{self.root} was made with {key} {json.dumps(recorded)}, not {json.dumps(made_by)}: "
@@ -287,11 +300,18 @@ class IndexWriter:
             raise StoreError(f"{self.root} holds {self.manifest['dim']}-dim vectors, the encoder makes {self.dim}")
 
     # -- staging -----------------------------------------------------------------------------------------------------
-    def add_shard(self, docs: Sequence[Document], segments: Sequence[Sequence[Segment]], vectors: np.ndarray) -> str:
+    @property
+    def lexical(self) -> bool:
+        """Whether this index stores lexical vectors with its segments."""
+        return "lexical" in self.components
+
+    def add_shard(self, docs: Sequence[Document], segments: Sequence[Sequence[Segment]], vectors: np.ndarray,
+                  lexical: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> str:
         """Write one immutable shard for ``docs`` and stage them in the catalog (replacing same-id documents).
 
-        segments: one list per document; vectors: (total segments, D) float32 in the same order.
-        Returns the shard id. Nothing is visible to readers before `commit`.
+        segments: one list per document; vectors: (total segments, D) float32 in the same order; lexical: one
+        (word-piece ids, weights) pair per segment in the same order, required exactly when the index has a
+        "lexical" component. Returns the shard id. Nothing is visible to readers before `commit`.
         """
         flat = [s for segs in segments for s in segs]
         if len(docs) != len(segments):
@@ -300,7 +320,13 @@ class IndexWriter:
             raise ValueError(f"vectors {vectors.shape} do not match {len(flat)} segments of dim {self.dim}")
         if len({d.doc_id for d in docs}) != len(docs):
             raise ValueError("a shard cannot hold the same doc_id twice")
-        shard = self._write_shard(_documents_table(docs), _segments_table(flat), vectors)
+        if (lexical is not None) != self.lexical:
+            raise ValueError("lexical vectors are required for an index with a lexical component, and refused "
+                             "without one" if self.lexical else f"{self.root} has no lexical component")
+        if lexical is not None and len(lexical) != len(flat):
+            raise ValueError(f"{len(lexical)} lexical vectors for {len(flat)} segments")
+        shard = self._write_shard(_documents_table(docs), _segments_table(flat), vectors,
+                                  None if lexical is None else _lexical_table(lexical))
         for doc, segs in zip(docs, segments):
             self.catalog[doc.doc_id] = CatalogEntry(
                 doc.doc_id, doc.source, doc.sha256, doc.title, shard, len(segs), len(doc.text)
@@ -308,8 +334,10 @@ class IndexWriter:
         self._dirty = True
         return shard
 
-    def _write_shard(self, docs: pa.Table, segments: pa.Table, vectors: np.ndarray) -> str:
-        """Write the three files of a new shard (segments row-aligned with vectors) and register it; returns its id."""
+    def _write_shard(self, docs: pa.Table, segments: pa.Table, vectors: np.ndarray,
+                     lexical: pa.Table | None = None) -> str:
+        """Write the files of a new shard (segments row-aligned with vectors and lexical vectors) and register it;
+        returns its id."""
         shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         vindex = faiss.IndexFlatIP(self.dim)
         if len(vectors):
@@ -318,6 +346,9 @@ class IndexWriter:
         _write_parquet(self.root / "segments" / f"{shard}.parquet", segments)
         _write_faiss(self.root / "vectors" / f"{shard}.faiss", vindex)
         self.shards[shard] = {"id": shard, "documents": docs.num_rows, "segments": segments.num_rows}
+        if lexical is not None:
+            _write_parquet(self.root / "lexical" / f"{shard}.parquet", lexical)
+            self.shards[shard]["lexical"] = True
         return shard
 
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
@@ -379,7 +410,9 @@ class IndexWriter:
         """
         keep = manifest_files(self.manifest) | set((self.manifest or {}).get("previous", []))
         removed = []
-        for sub in ("catalog", "documents", "segments", "vectors"):
+        for sub in SHARD_DIRS:
+            if not (self.root / sub).is_dir():  # an index written before lexical vectors existed
+                continue
             for path in (self.root / sub).iterdir():
                 rel = f"{sub}/{path.name}"
                 if rel not in keep:
@@ -407,14 +440,15 @@ class IndexWriter:
         live_ids: dict[str, list[str]] = {}
         for e in self.catalog.values():
             live_ids.setdefault(e.shard, []).append(e.doc_id)
-        pending: list[tuple[pa.Table, pa.Table, np.ndarray]] = []
+        pending: list[tuple[pa.Table, pa.Table, np.ndarray, pa.Table | None]] = []
 
         def flush() -> None:
             if not pending:
                 return
-            docs = pa.concat_tables([d for d, _, _ in pending]).combine_chunks()
-            segs = pa.concat_tables([s for _, s, _ in pending]).combine_chunks()
-            shard = self._write_shard(docs, segs, np.concatenate([v for _, _, v in pending]))
+            docs = pa.concat_tables([d for d, _, _, _ in pending]).combine_chunks()
+            segs = pa.concat_tables([s for _, s, _, _ in pending]).combine_chunks()
+            lex = pa.concat_tables([x for _, _, _, x in pending]).combine_chunks() if self.lexical else None
+            shard = self._write_shard(docs, segs, np.concatenate([v for _, _, v, _ in pending]), lex)
             for doc_id in docs.column("doc_id").to_pylist():
                 self.catalog[doc_id].shard = shard
             pending.clear()
@@ -422,13 +456,14 @@ class IndexWriter:
 
         for sid in todo:
             pending.append(self._live_rows(sid, live_ids[sid]))
-            if sum(s.num_rows for _, s, _ in pending) >= target_segments:
+            if sum(s.num_rows for _, s, _, _ in pending) >= target_segments:
                 flush()
         flush()
         return len(todo)
 
-    def _live_rows(self, shard: str, doc_ids: list[str]) -> tuple[pa.Table, pa.Table, np.ndarray]:
-        """The documents, segments and vectors of ``shard`` that belong to ``doc_ids`` (its live ones), in order."""
+    def _live_rows(self, shard: str, doc_ids: list[str]) -> tuple[pa.Table, pa.Table, np.ndarray, pa.Table | None]:
+        """The documents, segments, vectors and lexical vectors (None without them) of ``shard`` that belong to
+        ``doc_ids`` (its live ones), in order."""
         live_ids = pa.array(doc_ids, pa.string())
         docs = pq.read_table(self.root / "documents" / f"{shard}.parquet", schema=DOCUMENTS_SCHEMA)
         segs = pq.read_table(self.root / "segments" / f"{shard}.parquet", schema=SEGMENTS_SCHEMA)
@@ -436,7 +471,10 @@ class IndexWriter:
         seg_mask = pc.is_in(segs.column("doc_id"), value_set=live_ids)
         rows = np.flatnonzero(seg_mask.to_numpy(zero_copy_only=False))
         matrix = vecs.reconstruct_n(0, vecs.ntotal)[rows] if vecs.ntotal else np.zeros((0, self.dim), np.float32)
-        return docs.filter(pc.is_in(docs.column("doc_id"), value_set=live_ids)), segs.filter(seg_mask), matrix
+        lex = None
+        if self.lexical:
+            lex = pq.read_table(self.root / "lexical" / f"{shard}.parquet", schema=LEXICAL_SCHEMA).filter(seg_mask)
+        return docs.filter(pc.is_in(docs.column("doc_id"), value_set=live_ids)), segs.filter(seg_mask), matrix, lex
 
 
 @dataclass
@@ -478,6 +516,8 @@ class IndexReader:
         self._doc_rows: dict[str, dict[str, int]] = {}  # shard -> doc_id -> row, filled on first use
         self._segs: dict[str, pa.Table] = {}
         self._memory: np.ndarray | None = None
+        self._lexical_rows: list[tuple[str, np.ndarray]] = []  # (shard, its live rows), in global row order
+        self._lexical = None
         self.index = faiss.IndexFlatIP(self.dim)
         shard_of_row: list[np.ndarray] = []
         row_in_shard: list[np.ndarray] = []
@@ -492,6 +532,7 @@ class IndexReader:
             rows = np.flatnonzero(mask)
             if len(rows):
                 self.index.add(vecs.reconstruct_n(0, vecs.ntotal)[rows])  # (live rows, D)
+            self._lexical_rows.append((sid, rows))
             shard_of_row.append(np.full(len(rows), i, dtype=np.int32))
             row_in_shard.append(rows.astype(np.int64))
         self._shard_of_row = np.concatenate(shard_of_row) if shard_of_row else np.zeros(0, np.int32)
@@ -538,6 +579,30 @@ class IndexReader:
             n = self.index.ntotal
             self._memory = self.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
         return self._memory
+
+    @property
+    def has_lexical(self) -> bool:
+        return "lexical" in self.manifest["components"]
+
+    def lexical_matrix(self, vocab: int):
+        """(N, vocab) scipy CSR matrix: every live segment's lexical vector, in row order (the sparse side of the
+        memory); made on first use and kept for this generation. An error for an index without lexical vectors."""
+        from scipy.sparse import csr_matrix, vstack
+
+        if not self.has_lexical:
+            raise StoreError(f"{self.root} has no lexical vectors (ingested without the lexical channel)")
+        if self._lexical is None:
+            parts = []
+            for sid, rows in self._lexical_rows:
+                table = pq.read_table(pa.memory_map(str(self.root / "lexical" / f"{sid}.parquet")))
+                ids, weights = table.column("ids").combine_chunks(), table.column("weights").combine_chunks()
+                offsets = ids.offsets.to_numpy(zero_copy_only=False)
+                shard = csr_matrix((weights.flatten().to_numpy(zero_copy_only=False),
+                                    ids.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]),
+                                   shape=(len(table), vocab))
+                parts.append(shard[rows])
+            self._lexical = vstack(parts, format="csr") if parts else csr_matrix((0, vocab), dtype=np.float32)
+        return self._lexical
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), D) stored embeddings of global rows, e.g. to recompute scores in torch with gradients."""

@@ -212,13 +212,16 @@ class Ragless:
 
     def build(self, documents: Sequence[Document], segmenter) -> dict[str, Any]:
         from ragless.ask import AskConfig, Asker
-        from ragless.components import make_encoder
+        from ragless.components import lexical_channel, make_encoder
         from ragless.ingest import IngestConfig, IngestJob
 
         index = self.workdir / "index"
         shipped = make_encoder()
+        lexical = lexical_channel(self.answerer, shipped)  # the checkpoint's lexical channel, as `ragless ingest`
         encoder = self.encoder if self.encoder is not None and self.encoder.config() == shipped.config() else shipped
-        job = IngestJob(index, segmenter, encoder, IngestConfig(batch_docs=512))
+        if lexical is not None:  # its word weights come from the same forward pass: the shared vectors cannot serve
+            encoder = shipped
+        job = IngestJob(index, segmenter, encoder, IngestConfig(batch_docs=512), lexical=lexical)
         report = job.ingest_documents(documents, progress=False)
         self.asker = Asker(index, AskConfig(answerer=self.answerer))
         lengths = [s.char_end - s.char_start for s in self.asker.reader.iter_segments()]

@@ -35,3 +35,47 @@ def test_retrieval_attention_matches_exact_search_and_normalizes_over_the_memory
         np.testing.assert_allclose([s.weight for s in sources], expected, rtol=1e-4)
         assert 0 < sum(s.weight for s in sources) <= 1 + 1e-6  # the k weights are a part of one distribution
     assert asker.retrieve([]) == [] and len(asker.retrieve(["x"], k=1000)[0]) == len(asker.reader)
+
+
+def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tmp_path, encoder):
+    import torch
+
+    from ragless.components import lexical_channel, make_segmenter
+    from ragless.ingest import IngestConfig, IngestJob
+    from retrieve_generate_model.encoder import passage_text
+    from retrieve_generate_model.lexical import LexicalModel, lexical_scores, token_states, vocab_mask
+
+    checkpoint = tmp_path / "joint-lex"  # a joint checkpoint folder with a lexical channel (untrained, alpha 0.5)
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    model = LexicalModel(vocab_mask=vocab_mask(encoder))
+    with torch.no_grad():
+        model.alpha.fill_(0.5)
+    model.save(checkpoint / "lexical")
+    paths = write_corpus(tmp_path / "corpus", 6)
+    lexical = lexical_channel(str(checkpoint), encoder)
+    IngestJob(tmp_path / "index", make_segmenter("fixed-window"), encoder, IngestConfig(batch_docs=4),
+              lexical=lexical).run([str(p) for p in paths], progress=False)
+    delete_documents(tmp_path / "index", [str(paths[1])])  # its rows stay in the shard, dead
+
+    asker = Asker(tmp_path / "index", AskConfig(k=4, scale=20.0, answerer="prompted"))
+    assert asker.lexical is not None and asker.reader.has_lexical
+    questions = ["Which property does the violin number 2 have?", "telescope 4 fact 3"]
+    got = asker.retrieve(questions)
+    segments = list(asker.reader.iter_segments())  # the live ones: the deleted document's rows are not attended to
+    texts = [passage_text(s.text, asker.reader.catalog[s.doc_id].title, s.section) for s in segments]
+    p_terms = model.sparse(token_states(encoder, texts), "passage")  # recomputed from the text: what ingest stored
+    q_terms = model.sparse(token_states(encoder, questions), "query")
+    fused = 20.0 * encoder.embed_queries(questions) @ asker.reader.memory().T + 0.5 * lexical_scores(q_terms, p_terms)
+    for b, sources in enumerate(got):
+        best = np.argsort(-fused[b], kind="stable")[:4]
+        assert [s.seg_id for s in sources] == [segments[i].seg_id for i in best]
+        np.testing.assert_allclose([s.score for s in sources], fused[b][best] / 20.0, rtol=1e-4, atol=1e-4)
+        expected = np.exp(fused[b][best] - np.logaddexp.reduce(fused[b].astype(np.float64)))
+        np.testing.assert_allclose([s.weight for s in sources], expected, rtol=1e-3)
+
+    with torch.no_grad():  # the checkpoint's channel changes after ingestion: the index must be re-made
+        model.alpha.fill_(0.9)
+    model.save(checkpoint / "lexical")
+    with pytest.raises(ValueError, match="re-ingest"):
+        Asker(tmp_path / "index", AskConfig(answerer="prompted"))

@@ -52,6 +52,9 @@ def test_ingest_info_delete(tmp_path, corpus, capsys):
     assert manifest["generation"] == 1 and manifest["counts"]["documents"] == 3
     assert manifest["components"]["segmenter"]["name"] == "learned"  # the shipped model is the default
     assert manifest["components"]["segmenter"]["config"]["checkpoint"] == "segmenter"
+    # the shipped joint model's lexical channel weighs the words (`ragless ask` retrieves by the fused score)
+    assert manifest["components"]["lexical"]["config"]["checkpoint"] == "joint"
+    assert IndexReader(index).lexical_matrix(30522).shape[0] == manifest["counts"]["segments"]
 
     code, out, err = run(capsys, "delete", "--index", str(index), "--doc-id", "violin")
     assert code == 0 and out.split() == ["violin"] and "1 documents deleted" in err
@@ -131,6 +134,13 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, corpus, capsys):
                   "not a joint model checkpoint"))
     cases.append((["train", "calibrate", "--checkpoint", str(tmp_path), "--heldout", str(tmp_path / "no.parquet")],
                   "no file"))
+    cases.append((["train", "lexical", "--train", str(bad), "--heldout", str(tmp_path / "no.parquet"), "--out",
+                   str(tmp_path / "lex")], "no file"))
+    cases.append((["ingest", str(corpus), "--index", str(tmp_path / "new"), "--lexical", "prompted"],
+                  "has no lexical channel"))
+    cases.append((["ingest", str(corpus), "--index", str(tmp_path / "new"), "--lexical", str(tmp_path / "nothing")],
+                  "no checkpoint at"))
+    cases.append((["ingest", str(corpus), "--index", str(index), "--lexical", "none"], "made with lexical"))
     for argv, reason in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and reason in err, (argv, err)

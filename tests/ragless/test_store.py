@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from preprocess_model.document import Document, Segment
-from ragless.store import IndexReader, IndexWriter, StoreError, read_manifest
+from ragless.store import IndexReader, IndexWriter, StoreError, manifest_files, read_manifest
 
 DIM = 8
 COMPONENTS = {"segmenter": {"name": "test-cuts", "config": {}}, "encoder": {"name": "test-vectors", "config": {}}}
@@ -196,3 +196,57 @@ def test_writer_killed_mid_commit_leaves_a_consistent_index(tmp_path, point):
     assert json.loads((root / "manifest.json").read_text())["generation"] == reader.generation
     assert IndexReader(root).document("a").text == "committed"
 
+
+
+def test_lexical_vectors_stay_row_aligned_through_replace_delete_and_compaction(tmp_path):
+    components = {**COMPONENTS, "lexical": {"name": "test-terms", "config": {}}}
+    vocab = 64
+
+    def terms(seg: Segment) -> tuple[np.ndarray, np.ndarray]:  # each segment's vector names it
+        code = sum(map(ord, seg.seg_id + seg.text))
+        return np.array([code % vocab, (code + 1 + code % 7) % vocab], np.int32), np.array([1.5, 0.25], np.float32)
+
+    def add(w: IndexWriter, docs, seed: int) -> None:
+        flat = [s for _, segs in docs for s in segs]
+        w.add_shard([d for d, _ in docs], [s for _, s in docs], unit_vectors(len(flat), seed), [terms(s) for s in flat])
+
+    def check(reader: IndexReader) -> None:
+        matrix = reader.lexical_matrix(vocab)
+        assert matrix.shape == (len(reader), vocab)
+        for row, seg in enumerate(reader.iter_segments()):
+            ids, weights = terms(seg)
+            expected = np.zeros(vocab, np.float32)
+            expected[ids] = weights
+            np.testing.assert_allclose(matrix[row].toarray()[0], expected)
+
+    with IndexWriter(tmp_path, components, DIM) as w:
+        add(w, [make_doc("a", "x1\nx2\nx3"), make_doc("b", "y1\ny2")], seed=0)
+        w.commit()
+        add(w, [make_doc("a", "z1"), make_doc("c", "w1\nw2")], seed=1)  # replaces a: its three rows are dead
+        w.commit()
+        w.delete(["c"])  # both shards now hold dead rows
+        w.commit()
+        with pytest.raises(ValueError, match="lexical vectors are required"):
+            write(w, [make_doc("d", "v1")], seed=2)
+    reader = IndexReader(tmp_path)
+    assert reader.has_lexical and sorted(s.text for s in reader.iter_segments()) == ["y1", "y2", "z1"]
+    check(reader)
+    with IndexWriter(tmp_path) as w:
+        assert w.compact() == 2
+        w.commit()
+        assert all(s["lexical"] for s in w.manifest["shards"])
+    check(IndexReader(tmp_path))
+    manifest = read_manifest(tmp_path)  # garbage collection keeps exactly the lexical files of this and the last one
+    kept = {f for f in manifest_files(manifest) | set(manifest["previous"]) if f.startswith("lexical/")}
+    assert {f"lexical/{p.name}" for p in (tmp_path / "lexical").iterdir()} == kept and len(kept) == 3
+
+    dense_only = tmp_path / "dense"
+    with IndexWriter(dense_only, COMPONENTS, DIM) as w:
+        write(w, [make_doc("a", "x1")], seed=0)
+        doc, segs = make_doc("b", "y1")
+        with pytest.raises(ValueError, match="no lexical component"):
+            w.add_shard([doc], [segs], unit_vectors(1, 3), [(np.array([1], np.int32), np.array([1.0], np.float32))])
+        w.commit()
+    assert not IndexReader(dense_only).has_lexical
+    with pytest.raises(StoreError, match="no lexical vectors"):
+        IndexReader(dense_only).lexical_matrix(vocab)

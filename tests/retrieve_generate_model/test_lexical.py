@@ -1,16 +1,21 @@
-"""The learned lexical channel: term weights on MiniLM's token states, sparse scoring, training, save/load."""
+"""The learned lexical channel: term weights on MiniLM's token states, sparse scoring, training, save/load, and
+exact fused retrieval over a memory."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from retrieve_generate_model.lexical import (
     LexicalConfig,
     LexicalModel,
     LexicalTrainConfig,
+    encode,
+    fused_attention,
     lexical_scores,
     mean_pooled,
+    sparse_matrix,
     token_states,
     train_lexical,
     vocab_mask,
@@ -70,4 +75,53 @@ def test_training_lowers_the_loss_and_round_trips(tmp_path, encoder):
     for (ids1, w1), (ids2, w2) in zip(a, b):
         np.testing.assert_array_equal(ids1, ids2)
         np.testing.assert_allclose(w1, w2, rtol=1e-6)
-    assert float(again.alpha.detach()) == float(model.alpha.detach())
+    assert float(again.alpha.detach()) == float(model.alpha.detach()) and torch.equal(again.idf, model.idf)
+    # the idf comes from the training passages: a piece in every passage is common, a code word in one is rare
+    tok = encoder.model.tokenizer
+    common, rare = tok.convert_tokens_to_ids(["engine", "z"])  # "zqx" is z ##q ##x
+    assert model.idf[rare] > model.idf[common] > 0 and model.fingerprint() == again.fingerprint()
+
+
+def random_terms(rng: np.random.Generator, rows: int, vocab: int, per_row: int, empty: tuple[int, ...] = ()):
+    """Sparse non-negative vectors, some rows empty (a question sharing no word with the memory)."""
+    vectors = []
+    for r in range(rows):
+        ids = np.sort(rng.choice(vocab, size=0 if r in empty else per_row, replace=False)).astype(np.int32)
+        vectors.append((ids, rng.uniform(0.1, 2.0, len(ids)).astype(np.float32)))
+    return vectors
+
+
+@pytest.mark.parametrize("n,k", [(37, 5), (6, 10)])  # k > N returns every key
+def test_fused_attention_is_exact_over_the_whole_memory(n, k):
+    rng = np.random.default_rng(n)
+    vocab, scale, alpha = 50, 20.0, 0.7
+    Q = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((4, 16)).astype(np.float32)), dim=1)
+    K = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 16)).astype(np.float32)), dim=1)
+    q_terms, k_terms = random_terms(rng, 4, vocab, 3, empty=(2,)), random_terms(rng, n, vocab, 4, empty=(0, 1))
+    rows, scores, log_z = fused_attention(Q, sparse_matrix(q_terms, vocab), K, sparse_matrix(k_terms, vocab), k,
+                                          scale=scale, alpha=alpha)
+    full = scale * (Q @ K.T).numpy() + alpha * lexical_scores(q_terms, k_terms, vocab)  # brute force (4, N)
+    width = min(k, n)
+    assert rows.shape == scores.shape == (4, width)
+    for b in range(4):
+        expected = np.argsort(-full[b], kind="stable")[:width]
+        assert rows[b].tolist() == expected.tolist()
+        np.testing.assert_allclose(scores[b].numpy(), full[b][expected], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(float(log_z[b]), np.logaddexp.reduce(full[b].astype(np.float64)), rtol=1e-5)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        fused_attention(Q, sparse_matrix(q_terms, vocab), K, sparse_matrix(k_terms, vocab), k, scale=scale,
+                        alpha=-0.1)
+
+
+def test_encode_is_one_pass_for_both_channels(encoder):
+    model = LexicalModel(vocab_mask=vocab_mask(encoder))
+    dense, terms = encode(encoder, model, PASSAGES, "passage")
+    np.testing.assert_allclose(dense, encoder.embed_passages(PASSAGES), atol=1e-5)
+    expected = model.sparse(token_states(encoder, PASSAGES), "passage")
+    assert [t[0].tolist() for t in terms] == [e[0].tolist() for e in expected]
+    empty_dense, empty_terms = encode(encoder, model, [], "query")
+    assert empty_dense.shape == (0, encoder.dim) and empty_terms == []
+    assert model.fingerprint() == LexicalModel(vocab_mask=vocab_mask(encoder)).fingerprint()
+    with torch.no_grad():
+        model.alpha += 0.5
+    assert model.fingerprint() != LexicalModel(vocab_mask=vocab_mask(encoder)).fingerprint()
