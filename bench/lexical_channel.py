@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import git_commit, machine, markdown_table, save_results, update_benchmarks_md  # noqa: E402
+from ragless.eval import metrics as M  # noqa: E402
 from ragless.eval.datasets import load  # noqa: E402
 from ragless.eval.harness import EvalConfig, _unit, score_retrieval, summarize  # noqa: E402
 from ragless.eval.systems import PassageSegmenter, make_system  # noqa: E402
@@ -99,7 +100,18 @@ def run(system, evalset, cfg: EvalConfig) -> dict:
             rows.append({"qid": q.qid, **score_retrieval(q, sources, unit), "timings": {}})
     result = summarize(system.name, evalset.name, cfg, rows, build)
     return {"system": system.name, "n": result.n, "metrics": result.metrics, "ci": result.ci,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+
+
+PAIRED = ("recall@1", "ndcg@10")
+
+
+def paired_against(results: list[dict], system: str, baseline: str) -> dict:
+    """``system`` minus ``baseline`` on the same questions: the paired bootstrap of each metric in PAIRED."""
+    a = {r["system"]: {row["qid"]: row for row in r["rows"]} for r in results}
+    qids = list(a[baseline])
+    return {m: {k: (round(v, 4) if v is not None else None) for k, v in M.paired_bootstrap(
+        [a[system][q].get(m) for q in qids], [a[baseline][q].get(m) for q in qids]).items()} for m in PAIRED}
 
 
 def main() -> None:
@@ -131,7 +143,7 @@ def main() -> None:
             trained.save(args.model)
             (Path(args.model) / "history.json").write_text(json.dumps(history))
     train_s = round(time.perf_counter() - t0, 1)
-    report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [],
+    report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [], "paired": [],
               "command": "python " + " ".join(sys.argv)}
     for dataset, limit in DATASETS:
         if args.only and not dataset.startswith(args.only):
@@ -144,12 +156,16 @@ def main() -> None:
                    Fused("lexical-untrained", untrained, encoder, cache=cache),
                    Fused("lexical-trained", trained, encoder, cache=cache),
                    Fused("lexical-only", trained, encoder, mode="lexical", cache=cache)]
+        done = []
         for system in systems:
             result = run(system, evalset, cfg)
             result["dataset"] = dataset
-            report["results"].append(result)
+            done.append(result)
             print(json.dumps({k: result[k] for k in ("dataset", "system", "n")} | {
                 m: result["metrics"].get(m) for m in ("recall@1", "recall@5", "mrr@10", "ndcg@10")}), file=sys.stderr)
+        report["paired"].append({"dataset": dataset, "system": "lexical-trained", **{
+            f"minus {b}": paired_against(done, "lexical-trained", b) for b in ("workflow-bm25", "workflow-dense")}})
+        report["results"] += [{k: v for k, v in r.items() if k != "rows"} for r in done]
     save_results(args.out, report)
     header = ["dataset", "system", "n", "recall@1", "recall@5", "mrr@10", "ndcg@10"]
     table = []
@@ -159,10 +175,17 @@ def main() -> None:
             v, ci = r["metrics"].get(m), r["ci"].get(m)
             cells.append("" if v is None else f"{v:.3f}" + (f" ({ci[0]:.2f}–{ci[1]:.2f})" if ci else ""))
         table.append([r["dataset"], r["system"], r["n"], *cells])
+    paired = [[p["dataset"], p["system"], baseline, *(
+        f"{d[m]['diff']:+.3f} ({d[m]['low']:+.2f} to {d[m]['high']:+.2f})" for m in PAIRED)]
+        for p in report["paired"] for baseline, d in ((k.removeprefix("minus "), v) for k, v in p.items()
+                                                      if k.startswith("minus "))]
+    paired_table = markdown_table(["dataset", "system", "minus", *(f"{m} difference" for m in PAIRED)], paired)
     host = machine()
     update_benchmarks_md("lexical-channel", f"`{report['command']}`, commit {git_commit()}, "
                          f"{host['cpu']} ({host['cores']} cores); the channel trained in "
-                         f"{train_s} s.\n\n" + markdown_table(header, table))
+                         f"{train_s} s.\n\n" + markdown_table(header, table)
+                         + "\n\nPaired differences on the same questions (bootstrap, 1,000 resamples, 95%):\n\n"
+                         + paired_table)
 
 
 if __name__ == "__main__":

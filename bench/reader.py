@@ -50,18 +50,16 @@ def gold_source(evalset, q) -> Source:
                   span.char_start, span.char_end, title=doc.title)
 
 
-def abstaining(joint, evalset, answerable: list, read: list[dict], limit: int, seed: int) -> list[dict]:
-    """The reader with its "no answer" rule on the answerable questions (already ``read``) and as many unanswerable
-    ones (each with the paragraph it was asked about)."""
+def abstaining(joint, evalset, read: list[dict], limit: int, seed: int) -> list[dict]:
+    """The reader with its "no answer" rule on the answerable questions (already ``read``, each row with its
+    ``no_answer_margin``) and as many unanswerable ones (each with the paragraph it was asked about)."""
     margin = joint.config.reader_abstain_margin
     margin = float("inf") if margin is None else margin
     rows = []
-    for q, done in zip(answerable, read):
-        t0 = time.perf_counter()
-        spans, null = joint.reader.read(q.question, [gold_source(evalset, q).text], top=1)
-        abstained = no_answer_margin(spans, null) > margin
+    for done in read:
+        abstained = done["no_answer_margin"] > margin
         rows.append({**done, "answerable": True, "em": 0.0 if abstained else done["em"],
-                     "f1": 0.0 if abstained else done["f1"], "seconds": time.perf_counter() - t0})
+                     "f1": 0.0 if abstained else done["f1"]})
     impossible = sample_questions([q for q in evalset.questions if not q.answerable and q.evidence], limit, seed)
     for q in impossible:
         t0 = time.perf_counter()
@@ -117,9 +115,10 @@ def main() -> None:
             source = gold_source(evalset, q)
             regime = "adapted" if evalset.document(source.doc_id).title in adapted_titles else "zero-shot"
             t0 = time.perf_counter()
-            best = joint.reader.spans(q.question, [source.text], top=1)
+            best, null = joint.reader.read(q.question, [source.text], top=1)
             prediction = source.text[best[0].char_start: best[0].char_end] if best else ""
             runs = [("reader", prediction, time.perf_counter() - t0)]
+            margin = no_answer_margin(best, null)  # None for a reader without "no answer"
             if i < args.generator_limit:
                 for system, model in (("generator-walk", walker), ("prompted-smollm2", prompted)):
                     t0 = time.perf_counter()
@@ -128,9 +127,10 @@ def main() -> None:
             for system, text, seconds in runs:
                 per[system].append({"qid": q.qid, "regime": regime, "subset": i < args.generator_limit,
                                     "em": M.exact_match(text, q.answers, q.lang),
-                                    "f1": M.token_f1(text, q.answers, q.lang), "seconds": seconds})
+                                    "f1": M.token_f1(text, q.answers, q.lang), "seconds": seconds}
+                                   | ({"no_answer_margin": margin} if system == "reader" else {}))
         if name == "squad-v2.0" and joint.reader.config.null_answer:
-            per["reader-abstaining"] = abstaining(joint, evalset, questions, per["reader"], limit, args.seed)
+            per["reader-abstaining"] = abstaining(joint, evalset, per["reader"], limit, args.seed)
         for system, rows in per.items():
             if system == "reader-abstaining":
                 parts = [("answerable", [r for r in rows if r["answerable"]]),
