@@ -37,6 +37,7 @@ from retrieve_generate_model.joint import JointConfig
 from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
 from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
+from rewards.rl import RLConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
 
@@ -334,6 +335,31 @@ def _cmd_train_lexical(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_rl(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from rewards.composition import RewardWeights
+    from rewards.rl import RLConfig, train_rl
+
+    if not Path(args.train).is_file():
+        raise UsageError(f"ragless train rl: no file {args.train} (make one with `ragless synth qa`)")
+    try:
+        weights = json.loads(args.weights) if args.weights else {}
+        if not isinstance(weights, dict):
+            raise ValueError("--weights must be a JSON object")
+        known = {f.name for f in fields(RewardWeights)}
+        if set(weights) - known:
+            raise ValueError(f"unknown reward(s) {sorted(set(weights) - known)}; known: {sorted(known)}")
+        from ragless.components import checkpoint_path
+
+        report = train_rl(checkpoint_path(args.checkpoint), args.train, args.out, from_args(RLConfig, args),
+                          RewardWeights(**weights), log=lambda msg: print(msg, file=sys.stderr))
+    except (TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        raise UsageError(f"ragless train rl: {e}") from None
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_train_reader(args: argparse.Namespace) -> int:
     from retrieve_generate_model.train import train_reader_alone
 
@@ -449,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, LexicalTrainConfig)
     add_dataclass_args(m, LexicalConfig)
     m.set_defaults(func=_cmd_train_lexical)
+
+    m = models.add_parser("rl", help="reinforcement learning (GRPO) of a joint checkpoint's generator on the rewards "
+                                     "(resumable: run the same command again)")
+    m.add_argument("--checkpoint", default="joint", help="the joint checkpoint to start from (default: the shipped)")
+    m.add_argument("--train", required=True, help="prompts: synthetic rows (Parquet, from `ragless synth qa`)")
+    m.add_argument("--out", required=True, help="a new folder: becomes a joint checkpoint with the RL adapters")
+    m.add_argument("--weights", help='reward weights as JSON, e.g. \'{"brevity": 0, "abstention": 2}\' (the rest '
+                   "keep rewards.composition.RewardWeights' defaults)")
+    add_dataclass_args(m, RLConfig)
+    m.set_defaults(func=_cmd_train_rl)
 
     m = models.add_parser("calibrate", help="set a joint checkpoint's abstention settings on held-out rows (after "
                                             "replacing its reader, say)")

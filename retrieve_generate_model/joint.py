@@ -378,10 +378,20 @@ class JointModel:
         ``doc_texts`` (doc_id -> text), when given, is used to check that each source is its document's text at its
         span, so that quotes map into the documents. Without sources the model abstains without running.
         """
+        return self._answer(question, sources, doc_texts).answer
+
+    def rollout(self, question: str, sources: list[Source], sampler: Sampler) -> Rollout:
+        """An answer whose choices (route, sources relied on, cited source, quote tokens) are sampled by ``sampler``
+        within the layout, with the trace reinforcement learning needs; the reader's answer span stays its best."""
+        return self._answer(question, sources, None, sampler)
+
+    def _answer(self, question: str, sources: list[Source], doc_texts: dict[str, str] | None,
+                sampler: Sampler | None = None) -> Rollout:
         import torch
 
         if not sources:
-            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", timings={"generate_s": 0.0})
+            return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", timings={"generate_s": 0.0}),
+                           completion_text("abstain", [], "", []), [], 0, [])
         if doc_texts is not None:
             for s in sources:
                 text = doc_texts.get(s.doc_id)
@@ -398,40 +408,111 @@ class JointModel:
         t_read = time.perf_counter()
         margin = no_answer_margin(spans, null)  # None without a reader, or one with no "no answer"
         if margin is not None and cfg.reader_abstain_margin is not None and margin > cfg.reader_abstain_margin:
-            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
-                          timings={"read_s": t_read - t0, "generate_s": 0.0})
+            return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
+                                  timings={"read_s": t_read - t0, "generate_s": 0.0}),
+                           completion_text("abstain", [], "", []), list(prompt), len(prompt), [])
         with torch.inference_mode():
-            decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None)
+            decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None,
+                               sampler=sampler)
             route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
                                                       head, starts, spans)
         t1 = time.perf_counter()
         timings = {"read_s": t_read - t0, "generate_s": t1 - t_read} if spans is not None else {"generate_s": t1 - t0}
         shown_sources = [s for s, _, _ in shown]
         ranked = [sources[n] for n in relied] + [s for n, s in enumerate(sources) if n not in relied]
+        trace = {"completion": completion_text(route, relied, text, [(n, shown_sources[n].text[a:b])
+                                                                      for n, a, b in quotes]),
+                 "ids": decoder.ids, "prompt_length": len(prompt), "decisions": decoder.decisions}
         if route == "abstain":
-            return Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources), timings=timings)
+            return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
+                                  timings=timings), **trace)
         citations = []
         for n, start, end in quotes:
             s = shown_sources[n]
             citations.append(Citation(seg_id=s.seg_id, doc_id=s.doc_id, char_start=s.char_start + start,
                                       char_end=s.char_start + end, quote=s.text[start:end], source=s.source))
-        return Answer(text=text, citations=citations, abstained=False, route="answer", sources=ranked,
-                      timings=timings)
+        return Rollout(Answer(text=text, citations=citations, abstained=False, route="answer", sources=ranked,
+                              timings=timings), **trace)
+
+
+@dataclass
+class Decision:
+    """One choice of the decoder: made from the logits at ``position`` of the rollout's ids, among ``allowed``
+    tokens (each logit shifted by ``bias``), it took ``chosen``, which had log-probability ``logp`` then."""
+
+    position: int
+    allowed: list[int]
+    chosen: int
+    bias: dict[int, float] = field(default_factory=dict)
+    logp: float = 0.0
+
+
+class Sampler:
+    """Makes the decoder sample its choices (``softmax((logit + bias) / temperature)`` over what the layout allows
+    there) instead of taking the best, and records each one: the policy that reinforcement learning trains is the
+    constrained decoder itself, so every sampled completion is well formed and quotes verbatim."""
+
+    def __init__(self, temperature: float = 1.0, seed: int | None = None):
+        import torch
+
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+        self.generator = torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    def sample(self, logits, allowed: list[int], bias: dict[int, float]) -> tuple[int, float]:
+        """A token of ``allowed`` and its log-probability."""
+        import torch
+
+        scores = torch.stack([logits[t] + bias.get(t, 0.0) for t in allowed]) / self.temperature
+        logp = torch.log_softmax(scores, 0)
+        i = int(torch.multinomial(logp.exp(), 1, generator=self.generator))
+        return allowed[i], float(logp[i])
+
+
+@dataclass
+class Rollout:
+    """A sampled answer with what its training needs: the prompt and every token fed after it (``ids``), the
+    decisions taken, and the completion in the layout's text form (`completion_text`)."""
+
+    answer: Answer
+    completion: str
+    ids: list[int]
+    prompt_length: int
+    decisions: list[Decision]
+
+
+def completion_text(route: str, relied: list[int], answer: str, quotes: list[tuple[int, str]]) -> str:
+    """The structured answer as text (the layout, 1-based source numbers), as `rewards.completion.parse` reads it.
+
+    >>> completion_text("answer", [1, 0], "Denver Broncos", [(1, "Broncos defeated")])
+    'route: answer\\nsources: [2] [1]\\nanswer: Denver Broncos\\n<ref id="2">Broncos defeated</ref>'
+    """
+    if route == "abstain":
+        return "route: abstain"
+    lines = ["route: answer", "sources:" + "".join(f" [{n + 1}]" for n in relied), f"answer: {answer}"]
+    return "\n".join(lines + [f'<ref id="{n + 1}">{q}</ref>' for n, q in quotes])
 
 
 class _Decoder:
-    """Greedy decoding of the layout with the KV cache: forced pieces are fed, choices are argmax over what is
-    allowed at that point."""
+    """Decoding of the layout with the KV cache: forced pieces are fed, choices are the best of what is allowed at
+    that point (greedy) or, with a `Sampler`, drawn from it and recorded in ``decisions``."""
 
-    def __init__(self, model, layout: Layout, prompt: list[int], tokenizer, keep_states: bool = False):
+    def __init__(self, model, layout: Layout, prompt: list[int], tokenizer, keep_states: bool = False,
+                 sampler: Sampler | None = None):
         self.model, self.layout, self.tokenizer = model, layout, tokenizer
         self.past, self.keep_states = None, keep_states
+        self.sampler, self.decisions = sampler, []
+        self.ids: list[int] = []  # every token fed, the prompt first
         self._feed(prompt)
         self.prompt_states = self.states  # the last layer's states of the prompt (for the span head)
 
     def _feed(self, ids: list[int]):
         import torch
 
+        self.ids += ids
         extra = {"output_hidden_states": True} if self.keep_states else {}
         out = self.model(input_ids=torch.tensor([ids], device=self.model.device), cache=self.past, use_cache=True,
                          logits_to_keep=1, **extra)
@@ -441,7 +522,12 @@ class _Decoder:
         return self.logits
 
     def choose(self, allowed: list[int], bias: dict[int, float] | None = None) -> int:
-        scores = {t: float(self.logits[t]) + (bias or {}).get(t, 0.0) for t in allowed}
+        bias = bias or {}
+        if self.sampler is not None:
+            chosen, logp = self.sampler.sample(self.logits, allowed, bias)
+            self.decisions.append(Decision(len(self.ids) - 1, list(allowed), chosen, dict(bias), logp))
+            return chosen
+        scores = {t: float(self.logits[t]) + bias.get(t, 0.0) for t in allowed}
         return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
 
     def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]],
@@ -495,6 +581,8 @@ class _Decoder:
 
     def _free(self, max_tokens: int) -> str:
         """The answer line as free text: the model's tokens until a newline (or the end of the turn)."""
+        if self.sampler is not None:
+            raise ValueError("sampling needs an extractive answer (JointConfig.extractive): free text is not sampled")
         answer_ids: list[int] = []
         for _ in range(max_tokens):
             token = int(self.logits.argmax())
