@@ -131,10 +131,11 @@ def main() -> None:
     untrained = LexicalModel(vocab_mask=mask)
     trained = LexicalModel(vocab_mask=mask)
     t0 = time.perf_counter()
-    if args.model and (Path(args.model) / "lexical.json").is_file():  # trained earlier (--model, `train lexical`)
+    loaded = bool(args.model) and (Path(args.model) / "lexical.json").is_file()
+    if loaded:  # trained earlier (--model, `ragless train lexical`)
         trained = LexicalModel.load(args.model, encoder)
-        made = Path(args.model) / "report.json"  # `ragless train lexical` (e.g. checkpoints/joint/lexical)
-        history = (json.loads(made.read_text())["history"] if made.is_file()
+        report_file = Path(args.model) / "report.json"  # `ragless train lexical` (e.g. checkpoints/joint/lexical)
+        history = (json.loads(report_file.read_text())["history"] if report_file.is_file()
                    else json.loads((Path(args.model) / "history.json").read_text()))
     else:
         rows = pq.read_table(args.train).to_pylist()
@@ -143,6 +144,8 @@ def main() -> None:
             trained.save(args.model)
             (Path(args.model) / "history.json").write_text(json.dumps(history))
     train_s = round(time.perf_counter() - t0, 1)
+    made = (f"the channel loaded from {args.model} (not retrained here)" if loaded
+            else f"the channel trained in {train_s} s")
     report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [], "paired": [],
               "command": "python " + " ".join(sys.argv)}
     for dataset, limit in DATASETS:
@@ -182,8 +185,7 @@ def main() -> None:
     paired_table = markdown_table(["dataset", "system", "minus", *(f"{m} difference" for m in PAIRED)], paired)
     host = machine()
     update_benchmarks_md("lexical-channel", f"`{report['command']}`, commit {git_commit()}, "
-                         f"{host['cpu']} ({host['cores']} cores); the channel trained in "
-                         f"{train_s} s.\n\n" + markdown_table(header, table)
+                         f"{host['cpu']} ({host['cores']} cores); {made}.\n\n" + markdown_table(header, table)
                          + "\n\nPaired differences on the same questions (bootstrap, 1,000 resamples, 95%):\n\n"
                          + paired_table)
 

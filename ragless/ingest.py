@@ -118,6 +118,9 @@ class IngestJob:
                  lexical=None):
         """``lexical``: the joint model's learned lexical channel (`ragless.components.lexical_channel`), whose
         passage vectors are stored beside the dense ones; None for an index of dense vectors alone."""
+        if lexical is not None and encoder.cfg.model_dir is not None:
+            raise ValueError("the lexical channel weighs the base MiniLM's token states: it cannot be used with the "
+                             f"encoder of {encoder.cfg.model_dir}")
         self.index = Path(index)
         self.segmenter = segmenter
         self.encoder = encoder

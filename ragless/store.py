@@ -410,9 +410,7 @@ class IndexWriter:
         """
         keep = manifest_files(self.manifest) | set((self.manifest or {}).get("previous", []))
         removed = []
-        for sub in SHARD_DIRS:
-            if not (self.root / sub).is_dir():  # an index written before lexical vectors existed
-                continue
+        for sub in SHARD_DIRS:  # all made by __init__, also in an index written before lexical vectors existed
             for path in (self.root / sub).iterdir():
                 rel = f"{sub}/{path.name}"
                 if rel not in keep:
