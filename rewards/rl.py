@@ -157,7 +157,7 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
             totals = reward([r.completion for r in rollouts], **reward_columns(group_rows, model.config.k))
             advantages = group_advantages(torch.tensor(totals).view(len(batch), cfg.group_size)).view(-1)
             t_sample = time.perf_counter() - t0
-            learn = [i for i, r in enumerate(rollouts) if r.decisions and advantages[i] != 0]
+            learn = [i for i, r in enumerate(rollouts) if r.decisions]  # a tied group still pays its KL
             with torch.no_grad(), generator.disable_adapter():
                 ref = {i: rollout_logprobs(generator, rollouts[i], cfg.temperature, grad=False) for i in learn}
             losses, parts = [], []

@@ -77,7 +77,7 @@ def test_rollouts_sample_the_constrained_policy_and_grpo_steps_resume(tmp_path):
     assert (out / "reader").is_dir() and (out / "lexical").is_dir()
     before, after = get_peft_model_state_dict(model.generator), get_peft_model_state_dict(trained.generator)
     moved = any(not torch.equal(before[k], after[k]) for k in before)
-    assert moved == any(e["learned_from"] for e in log)  # updated exactly when some group had something to teach
+    assert moved == any(e["learned_from"] for e in log)  # updated exactly when some rollout made a decision
 
     train_rl(checkpoint_path("joint"), train, out, RLConfig(**{**cfg.__dict__, "steps": 3}), log=lambda _: None)
     assert [json.loads(line)["step"] for line in (out / "rl_log.jsonl").read_text().splitlines()] == [1, 2, 3]
