@@ -339,7 +339,7 @@ def _cmd_train_rl(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
     from rewards.composition import RewardWeights
-    from rewards.rl import RLConfig, train_rl
+    from rewards.rl import train_rl
 
     if not Path(args.train).is_file():
         raise UsageError(f"ragless train rl: no file {args.train} (make one with `ragless synth qa`)")

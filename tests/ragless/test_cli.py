@@ -141,6 +141,10 @@ def test_usage_errors_exit_2_with_a_reason(tmp_path, corpus, capsys):
     cases.append((["ingest", str(corpus), "--index", str(tmp_path / "new"), "--lexical", str(tmp_path / "nothing")],
                   "no checkpoint at"))
     cases.append((["ingest", str(corpus), "--index", str(index), "--lexical", "none"], "made with lexical"))
+    rl = ["train", "rl", "--train", str(bad), "--out", str(tmp_path / "rl")]
+    cases.append((rl + ["--weights", '{"nope": 1}'], "unknown reward(s) ['nope']"))
+    cases.append((rl + ["--weights", "[1]"], "must be a JSON object"))
+    cases.append((rl + ["--weights", "{"], "ragless train rl:"))
     for argv, reason in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2 and reason in err, (argv, err)
