@@ -486,13 +486,15 @@ class Rollout:
 
 def completion_text(route: str, relied: list[int], answer: str, quotes: list[tuple[int, str]]) -> str:
     """The structured answer as text (the layout, 1-based source numbers), as `rewards.completion.parse` reads it.
+    The answer stays on its line (a span of a source may cross a line break: its whitespace is collapsed here).
 
-    >>> completion_text("answer", [1, 0], "Denver Broncos", [(1, "Broncos defeated")])
+    >>> completion_text("answer", [1, 0], "Denver\\nBroncos", [(1, "Broncos defeated")])
     'route: answer\\nsources: [2] [1]\\nanswer: Denver Broncos\\n<ref id="2">Broncos defeated</ref>'
     """
     if route == "abstain":
         return "route: abstain"
-    lines = ["route: answer", "sources:" + "".join(f" [{n + 1}]" for n in relied), f"answer: {answer}"]
+    sources = "sources:" + "".join(f" [{n + 1}]" for n in relied)
+    lines = ["route: answer", sources, "answer: " + " ".join(answer.split())]
     return "\n".join(lines + [f'<ref id="{n + 1}">{q}</ref>' for n, q in quotes])
 
 

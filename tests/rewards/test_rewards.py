@@ -123,3 +123,14 @@ def test_composed_reward_weights_and_logs_every_component():
     assert means["answer_f1"] == 1.0 and means["retrieval"] is None and means["abstention"] == 0.5
     default_totals, _ = compose(c, **cols)
     assert default_totals[1] == pytest.approx(1.0 * 1.0 + 0.5 * 1.0)  # abstention + format
+
+
+def test_the_joint_models_completion_text_is_well_formed_even_for_an_answer_across_lines():
+    import retrieve_generate_model.joint as joint
+
+    assert doctest.testmod(joint).failed == 0
+    text = joint.completion_text("answer", [3, 0], "minimum required version\nof ICU", [(3, "is known\nto work")])
+    c = parse(text, n_sources=4)
+    assert c.well_formed and c.answer == "minimum required version of ICU" and c.relied == [4, 1]
+    assert c.quotes == [(4, "is known\nto work")]  # a quote keeps its source's text verbatim
+    assert parse(joint.completion_text("abstain", [], "", [])).abstained
