@@ -258,13 +258,15 @@ def fused_attention(queries: torch.Tensor, query_terms, keys: torch.Tensor, key_
         keep = lex > 0
         shared, lex = shared[keep], lex[keep]
         cand = torch.unique(torch.cat([rows[b][rows[b] >= 0], shared]))  # sorted: ties keep the lower index
+        at = torch.searchsorted(cand, shared)  # where each shared key sits among the candidates
+        dense = scale * (keys[cand].float() @ q[b])  # one pass over the candidates, shared keys included
         bonus = torch.zeros(len(cand))
-        bonus[torch.searchsorted(cand, shared)] = lex
-        fused = scale * (keys[cand].float() @ q[b]) + bonus
+        bonus[at] = lex
+        fused = dense + bonus
         order = torch.sort(fused, descending=True, stable=True).indices[:width]
         out_rows[b, : len(order)], out_scores[b, : len(order)] = cand[order], fused[order]
         if len(shared):
-            dense_shared = scale * (keys[shared].float() @ q[b])
+            dense_shared = dense[at]
             out_log_z[b] = torch.logaddexp(log_z[b], torch.logsumexp(dense_shared + torch.log(torch.expm1(lex)), 0))
     return out_rows, out_scores, out_log_z
 

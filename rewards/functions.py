@@ -57,6 +57,17 @@ def _gold(evidence) -> list[tuple[str, int, int]]:
     return [(str(n), a, b) for n, a, b in evidence or ()]
 
 
+def _answer_scores(completions: Sequence[str], columns: dict[str, Any], metric) -> list[float | None]:
+    """``metric(answer line, references, lang)`` per completion, with the conventions of `answer_f1`."""
+    n = len(completions)
+    answers, answerable = _column(columns, "answers", n, []), _column(columns, "answerable", n, True)
+    langs = _column(columns, "lang", n, "en")
+    out: list[float | None] = []
+    for c, refs, ok, lang in zip(_parsed(completions, [None] * n), answers, answerable, langs):
+        out.append(None if not ok else 0.0 if c.route != "answer" else metric(c.answer, refs, lang or "en"))
+    return out
+
+
 def answer_f1(completions: Sequence[str], **columns: Any) -> list[float | None]:
     """SQuAD token F1 of the answer line against the references; 0.0 for abstaining on an answerable question;
     None on unanswerable questions (`abstention` judges those).
@@ -65,13 +76,7 @@ def answer_f1(completions: Sequence[str], **columns: Any) -> list[float | None]:
     ...           answers=[["Denver Broncos"], ["Denver Broncos"], []], answerable=[True, True, False])
     [0.6666666666666666, 0.0, None]
     """
-    n = len(completions)
-    answers, answerable = _column(columns, "answers", n, []), _column(columns, "answerable", n, True)
-    langs = _column(columns, "lang", n, "en")
-    out: list[float | None] = []
-    for c, refs, ok, lang in zip(_parsed(completions, [None] * n), answers, answerable, langs):
-        out.append(None if not ok else 0.0 if c.route != "answer" else M.token_f1(c.answer, refs, lang or "en"))
-    return out
+    return _answer_scores(completions, columns, M.token_f1)
 
 
 def answer_exact_match(completions: Sequence[str], **columns: Any) -> list[float | None]:
@@ -80,13 +85,7 @@ def answer_exact_match(completions: Sequence[str], **columns: Any) -> list[float
     >>> answer_exact_match(["route: answer\\nsources: [1]\\nanswer: The Broncos."], answers=[["Broncos"]])
     [1.0]
     """
-    n = len(completions)
-    answers, answerable = _column(columns, "answers", n, []), _column(columns, "answerable", n, True)
-    langs = _column(columns, "lang", n, "en")
-    out: list[float | None] = []
-    for c, refs, ok, lang in zip(_parsed(completions, [None] * n), answers, answerable, langs):
-        out.append(None if not ok else 0.0 if c.route != "answer" else M.exact_match(c.answer, refs, lang or "en"))
-    return out
+    return _answer_scores(completions, columns, M.exact_match)
 
 
 def quote_validity(completions: Sequence[str], **columns: Any) -> list[float | None]:
