@@ -286,9 +286,14 @@ class LearnedSegmenter:
         for doc, (enc, probs) in zip(docs, self.label(docs)):
             groups, headings = decode(probs, enc.unit_token_counts, self.model.cfg.max_segment_tokens,
                                       self.model.cfg.min_fill)
-            spans = [(enc.units[g[0]][0], enc.units[g[-1]][1]) for g in groups]
-            out.append(spans_to_segments(_with_headings(doc, [enc.units[h] for h in headings]), spans))
+            out.append(to_segments(doc, enc, groups, headings))
         return out
+
+
+def to_segments(doc: Document, enc: EncodedDoc, groups: list[list[int]], headings: list[int]) -> list[Segment]:
+    """The `Segment` records of decoded units (`decode`'s groups and heading units), with their section paths."""
+    spans = [(enc.units[g[0]][0], enc.units[g[-1]][1]) for g in groups]
+    return spans_to_segments(_with_headings(doc, [enc.units[h] for h in headings]), spans)
 
 
 @functools.lru_cache(maxsize=4)
@@ -311,4 +316,5 @@ def _with_headings(doc: Document, predicted: list[Span]) -> Document:
 
 
 __all__ = ["BOUNDARY", "CONTINUE", "HEADING", "NOISE", "LearnedSegmenter", "SegmentationModel", "SegmenterConfig",
-           "decode", "encode_document", "predict"]
+           "decode", "encode_document", "predict",
+           "to_segments"]

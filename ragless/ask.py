@@ -86,8 +86,7 @@ class Asker:
             if self.query_encoder is not self.encoder:  # the joint model's trained question tower
                 dense = self.query_encoder.embed_queries(questions)
             vocab = self.lexical.vocab
-            # alpha was trained beside the lexical model's own scale: kept in that ratio at this temperature
-            alpha = float(self.lexical.alpha.detach()) * self.cfg.scale / self.lexical.config.scale
+            alpha = self.lexical.alpha_at(self.cfg.scale)
             rows, scores, log_z = fused_attention(
                 torch.from_numpy(dense), sparse_matrix(terms, vocab), memory, self.reader.lexical_matrix(vocab), k,
                 scale=self.cfg.scale, alpha=alpha)

@@ -38,6 +38,7 @@ from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
 from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
 from rewards.rl import RLConfig
+from rewards.segmenter_rl import SegmenterRLConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
 
@@ -360,6 +361,25 @@ def _cmd_train_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_segmenter_rl(args: argparse.Namespace) -> int:
+    from ragless.components import checkpoint_path
+    from ragless.store import read_manifest
+    from rewards.segmenter_rl import train_segmenter_rl
+
+    if not Path(args.train).is_file():
+        raise UsageError(f"ragless train segmenter-rl: no file {args.train} (make one with `ragless synth qa`)")
+    if read_manifest(Path(args.index)) is None:
+        raise UsageError(f"ragless train segmenter-rl: no index at {args.index}")
+    try:
+        report = train_segmenter_rl(checkpoint_path(args.segmenter), args.index, args.train, args.out,
+                                    from_args(SegmenterRLConfig, args), joint=args.joint,
+                                    log=lambda msg: print(msg, file=sys.stderr))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train segmenter-rl: {e}") from None
+    print(json.dumps(report))
+    return 0
+
+
 def _cmd_train_reader(args: argparse.Namespace) -> int:
     from retrieve_generate_model.train import train_reader_alone
 
@@ -485,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "keep rewards.composition.RewardWeights' defaults)")
     add_dataclass_args(m, RLConfig)
     m.set_defaults(func=_cmd_train_rl)
+
+    m = models.add_parser("segmenter-rl", help="policy-gradient fine-tuning of a segmenter on how well the joint "
+                                               "model retrieves and answers over its cuts (resumable)")
+    m.add_argument("--segmenter", default="segmenter", help="the segmenter checkpoint to start from (default: the "
+                                                            "shipped)")
+    m.add_argument("--joint", default="joint", help="the joint checkpoint whose retrieval and reader score the cuts")
+    m.add_argument("--index", required=True, help="an index: its documents are cut, its segments are the "
+                                                  "distractors")
+    m.add_argument("--train", required=True, help="synthetic rows about the index's documents (`ragless synth qa`)")
+    m.add_argument("--out", required=True, help="a new folder: becomes a segmenter checkpoint")
+    add_dataclass_args(m, SegmenterRLConfig)
+    m.set_defaults(func=_cmd_train_segmenter_rl)
 
     m = models.add_parser("calibrate", help="set a joint checkpoint's abstention settings on held-out rows (after "
                                             "replacing its reader, say)")

@@ -149,6 +149,11 @@ class LexicalModel(nn.Module):
     def vocab(self) -> int:
         return len(self.vocab_mask) or VOCAB
 
+    def alpha_at(self, scale: float) -> float:
+        """The lexical weight for dense scores at inverse temperature ``scale``: alpha was trained beside the
+        channel's own scale (``config.scale``), and the two keep that ratio."""
+        return float(self.alpha.detach()) * scale / self.config.scale
+
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
