@@ -34,6 +34,15 @@ from retrieve_generate_model.records import Answer, Source
 
 CORPUS_MODES = ("gold", "articles")
 KS = (1, 5, 10)
+
+
+def cutoffs(k: int) -> tuple[int, ...]:
+    """The ranks recall is reported at: 1, 5, 10 and, when more are retrieved, ``k`` itself (SciFact's recall@100).
+
+    >>> cutoffs(10), cutoffs(100), cutoffs(3)
+    ((1, 5, 10), (1, 5, 10, 100), (1, 5, 10))
+    """
+    return KS + ((k,) if k > KS[-1] else ())
 _NORMALIZATION_LANGS = {"en", "es", "de", "vi", "ar", "hi", "zh"}  # others use the SQuAD (English) normalization
 
 
@@ -45,7 +54,7 @@ class EvalConfig:
     corpus: str = "articles"  # gold: the benchmark's passages are the segments (oracle); articles: systems segment
     limit: int = 200  # questions sampled (the corpus stays whole); 0 = all
     seed: int = 0  # the question sample and the bootstrap
-    k: int = 10  # segments retrieved per question (metrics at 1, 5, 10)
+    k: int = 10  # segments retrieved per question (recall at 1, 5, 10, and at k when it is more)
     answer_k: int = 4  # retrieved segments given to the generator
     retrieval_only: bool = False  # skip generation: retrieval and segmentation metrics alone
     bootstrap: int = 1000  # resamples for the confidence intervals
@@ -90,13 +99,14 @@ def _norm_lang(lang: str) -> str:
     return lang if lang in _NORMALIZATION_LANGS else "en"
 
 
-def score_retrieval(q: EvalQuestion, sources: list[Source], unit: str) -> dict[str, float | None]:
-    """Retrieval metrics of one question from its ranked segments."""
+def score_retrieval(q: EvalQuestion, sources: list[Source], unit: str, ks: tuple[int, ...] = KS
+                    ) -> dict[str, float | None]:
+    """Retrieval metrics of one question from its ranked segments (recall at each of ``ks``)."""
     qrels = _qrels(q, unit)
-    out: dict[str, float | None] = {f"recall@{k}": None for k in KS} | {"mrr@10": None, "ndcg@10": None}
+    out: dict[str, float | None] = {f"recall@{k}": None for k in ks} | {"mrr@10": None, "ndcg@10": None}
     if any(v > 0 for v in qrels.values()):
         units = M.judge_segments([(s.doc_id, s.char_start, s.char_end) for s in sources], q.evidence, unit)
-        out.update(M.retrieval_metrics({q.qid: M.units_to_run(units)}, {q.qid: qrels}, KS)[q.qid])
+        out.update(M.retrieval_metrics({q.qid: M.units_to_run(units)}, {q.qid: qrels}, ks)[q.qid])
     texts, lang = [s.text for s in sources], _norm_lang(q.lang)
     out["answer_recall@1"] = M.answer_recall_at_k(texts, q.answers, 1, lang)
     out["answer_recall@5"] = M.answer_recall_at_k(texts, q.answers, 5, lang)
@@ -185,14 +195,14 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, en
     else:
         segmenter = default_segmenter(system)
     build = {**system.build(evalset.documents, segmenter), "segmenter": segmenter.name}
-    unit = _unit(evalset.name)
+    unit, ks = _unit(evalset.name), cutoffs(cfg.k)
     rows = []
     for q in evalset.questions:
         t0 = time.perf_counter()
         sources = system.retrieve([q.question], cfg.k)[0]
         timings = {"retrieve_s": time.perf_counter() - t0}
         stages: dict[str, float] = {}  # the answerer's own stages, within answer_s (the joint model: read_s, ...)
-        row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit)}
+        row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit, ks)}
         row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
         if not cfg.retrieval_only:
             doc_texts = {s.doc_id: evalset.document(s.doc_id).text for s in sources[: cfg.answer_k]}
@@ -283,8 +293,8 @@ def compare(report: dict[str, Any], baseline: str | None = None, n_resamples: in
     return rows
 
 
-TABLE_METRICS = ("recall@1", "recall@5", "mrr@10", "ndcg@10", "answer_recall@1", "answer_recall@5", "em", "f1",
-                 "abstain_acc", "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s",
+TABLE_METRICS = ("recall@1", "recall@5", "recall@100", "mrr@10", "ndcg@10", "answer_recall@1", "answer_recall@5",
+                 "em", "f1", "abstain_acc", "answerable_f1", "quote_validity", "citation_precision", "latency_p50_s",
                  "latency_p95_s", "segments", "mean_segment_chars", "peak_rss_mb")
 
 

@@ -9,7 +9,15 @@ import pytest
 
 from ragless.cli import main
 from ragless.eval.datasets import EvalQuestion, GoldSpan
-from ragless.eval.harness import EvalConfig, compare, evaluate, markdown, score_answer, score_retrieval
+from ragless.eval.harness import (
+    EvalConfig,
+    compare,
+    cutoffs,
+    evaluate,
+    markdown,
+    score_answer,
+    score_retrieval,
+)
 from retrieve_generate_model.records import Answer, Citation, Source
 
 
@@ -32,6 +40,14 @@ def test_retrieval_is_judged_by_span_whatever_the_segmentation():
     assert m["answer_recall@5"] == 1.0
     # a window overlapping only a sliver of the gold paragraph does not count as retrieving it
     assert score_retrieval(QUESTION, [source("art", 290, 490, "x")], unit="passage")["recall@5"] == 0.0
+
+
+def test_recall_at_k_beyond_ten_when_more_are_retrieved():
+    misses = [source("art", 400 + 10 * i, 405 + 10 * i, "x") for i in range(11)]  # the gold paragraph 12th
+    ranked = misses + [source("art", 120, 320, "the Denver Broncos won")]
+    m = score_retrieval(QUESTION, ranked, unit="passage", ks=cutoffs(100))
+    assert (m["recall@10"], m["recall@100"], m["mrr@10"]) == (0.0, 1.0, 0.0)
+    assert "recall@100" not in score_retrieval(QUESTION, ranked, unit="passage")
 
 
 def test_answers_and_citations_are_scored_against_gold():
@@ -105,6 +121,10 @@ def test_document_level_datasets(benchmark_data):
                          systems=("workflow-bm25",), bootstrap=100)
         (result,) = evaluate(cfg, progress=lambda _: None)["results"]
         assert 0.0 <= result["metrics"]["ndcg@10"] <= 1.0
+    cfg = EvalConfig(dataset="scifact", data=str(benchmark_data), corpus="gold", limit=0, retrieval_only=True,
+                     systems=("workflow-bm25",), bootstrap=100, k=100)
+    (result,) = evaluate(cfg, progress=lambda _: None)["results"]
+    assert result["metrics"]["recall@10"] <= result["metrics"]["recall@100"] <= 1.0
 
 
 def test_cli_contract(benchmark_data, tmp_path, capsys):
