@@ -63,7 +63,7 @@ def test_kernel_is_this_interpreter(tmp_path):
 def test_notebooks_are_committed_without_outputs_and_compile():
     """Small diffs, and a syntax error in a slow notebook shows up in the fast tests too."""
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["answer_quality", "languages", "latency", "retrieval_quality", "segmentation"]
+    assert names == ["answer_quality", "languages", "latency", "retrieval_quality", "rl_training", "segmentation"]
     for name in names:
         nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
         for i, cell in enumerate(nb["cells"]):
@@ -85,6 +85,33 @@ def test_languages(tmp_path, monkeypatch):
 def test_segmentation(tmp_path, monkeypatch):
     out = run_notebook("segmentation", tmp_path, monkeypatch, ALL_SYSTEMS)  # the shipped segmenter on tiny pages
     assert_pngs(out, {"segmentation_lengths.png", "segmentation_cuts.png"})
+
+
+def test_rl_training(tmp_path, monkeypatch):
+    """The RL notebook on logs in the trainers' format and a real paired comparison of the harness."""
+    from ragless.eval.harness import EvalConfig, compare, evaluate
+
+    joint, seg = tmp_path / "joint.jsonl", tmp_path / "seg.jsonl"
+    names = ("answer_f1", "answer_exact_match", "quote_validity", "citation_support", "citation_precision",
+             "citation_recall", "format_validity", "abstention", "brevity", "retrieval")
+    joint.write_text("".join(json.dumps(
+        {"step": s, "reward": 1 + 0.1 * s, "components": {n: 0.5 + 0.01 * s for n in names}, "loss": 0.1,
+         "kl": 0.01 * s, "clip_fraction": 0.0, "ratio": 1.0, "learned_from": 12, "abstained": s % 4, "rollouts": 16,
+         "sample_s": 50.0, "step_s": 120.0}) + "\n" for s in range(1, 9)))
+    seg.write_text("".join(json.dumps(
+        {"step": s, "evidence": 0.5, "answer_f1": 0.3 + 0.01 * s, "segments": 30.0, "changed_units": 0.05,
+         "reward": 0.8 + 0.01 * s, "kl": 0.001 * s, "loss": -0.01, "step_s": 40.0}) + "\n" for s in range(1, 7)))
+    cfg = EvalConfig(dataset="squad-v2.0", data=str(write_benchmark_data(tmp_path / "own")), corpus="gold",
+                     systems=("workflow-bm25", "workflow-dense"), limit=0, retrieval_only=True, bootstrap=100)
+    report = evaluate(cfg, progress=lambda _: None)
+    report["compare"] = compare(report, n_resamples=100)
+    (tmp_path / "compare").mkdir()
+    (tmp_path / "compare" / "squad-v2.0.json").write_text(json.dumps(report))
+    monkeypatch.setenv("RAGLESS_NB_JOINT_LOG", str(joint))
+    monkeypatch.setenv("RAGLESS_NB_SEGMENTER_LOG", str(seg))
+    monkeypatch.setenv("RAGLESS_NB_COMPARE", str(tmp_path / "compare"))
+    out = run_notebook("rl_training", tmp_path, monkeypatch, ALL_SYSTEMS)
+    assert_pngs(out, {"rl_joint_curves.png", "rl_segmenter_curves.png", "rl_vs_sft.png"})
 
 
 @pytest.mark.slow
