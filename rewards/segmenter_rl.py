@@ -120,6 +120,23 @@ def sample_labels(logits, temperature: float, generator):
     return labels, logp.gather(1, labels[:, None]).squeeze(1)
 
 
+def tempered_kl(logits, ref_probs, temperature: float):
+    """Mean over units of KL(policy || reference), both at ``temperature``: the policy is ``softmax(logits / T)``,
+    the reference's tempered distribution comes from its probabilities (``softmax(log p / T)`` is
+    ``softmax(ref_logits / T)``).
+
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0, -1.0, 0.5]])
+    >>> float(tempered_kl(logits, torch.softmax(logits, -1), 0.5)) < 1e-6
+    True
+    """
+    import torch
+
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    ref_logp = torch.log_softmax(torch.log(ref_probs.float().clamp_min(1e-12)) / temperature, -1)
+    return (logp.exp() * (logp - ref_logp)).sum(-1).mean()
+
+
 def cuts(labels: np.ndarray, token_counts: Sequence[int], max_segment_tokens: int, min_fill: float
          ) -> tuple[list[list[int]], list[int]]:
     """The segments (lists of unit indices) and heading units that a labelling decodes to: `decode` on its one-hot
@@ -330,8 +347,7 @@ def train_segmenter_rl(segmenter: str | Path, index: str | Path, train: str | Pa
                     stats["changed_units"].append(float((labels != greedy).float().mean()))
                 stats["reward"] += totals
                 advantages = group_advantages(torch.tensor([totals])).view(-1)
-                p = torch.softmax(logits.float() / cfg.temperature, -1)
-                kl = (p * (torch.log(p.clamp_min(1e-12)) - torch.log(ref.clamp_min(1e-12)))).sum(-1).mean()
+                kl = tempered_kl(logits, ref, cfg.temperature)
                 loss = -(advantages * torch.stack(logps)).mean() + cfg.beta * kl
                 (loss / cfg.docs_per_step).backward()
                 stats["kl"].append(float(kl.detach()))
