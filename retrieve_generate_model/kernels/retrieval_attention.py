@@ -6,7 +6,7 @@ sources needs, per query, the k best keys and their weights ``exp(s - log_z)`` w
 millions of segments. `retrieval_attention_ref` makes one pass over K in blocks of ``block_n`` keys, keeping a running
 top-k and an online log-sum-exp per query, so that memory is O(B * (k + block_n)) whatever N is.
 
-Contract (the Triton kernel of issue 7 implements the same one):
+Contract (the Triton kernel beside this reference, `retrieval_attention_triton.py`, implements the same one):
 
 - ``Q`` (B, d), ``K`` (N, d): float32, float16 or bfloat16 (the same dtype); scores are accumulated in float32.
 - ``valid`` (N,) bool or None: rows where it is False (deleted segments) are neither returned nor counted in log_z.
