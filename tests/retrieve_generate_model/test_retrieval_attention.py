@@ -102,3 +102,17 @@ def test_the_dispatcher_runs_the_reference_and_refuses_unknown_backends():
             assert torch.equal(a, b)
     with pytest.raises(ValueError, match="backend"):
         retrieval_attention(Q, K, 3, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("block", [3, 7, 1000])
+def test_many_ties_at_the_kth_score_take_the_lowest_indices(block):
+    # integer scores in {0, 1, 2}: dozens of keys tie at the k-th score, inside blocks and across them
+    g = torch.Generator().manual_seed(block)
+    K = torch.randint(0, 3, (60, 1), generator=g).float()
+    Q = torch.tensor([[1.0], [-1.0]])
+    valid = torch.ones(60, dtype=torch.bool)
+    valid[::5] = False
+    for k in (1, 4, 13, 59):
+        idx, scores, _ = retrieval_attention_ref(Q, K, k, valid=valid, block_n=block)
+        ref_idx, ref_scores, _ = unfused(Q, K, k, valid=valid)
+        assert torch.equal(idx, ref_idx) and torch.equal(scores.double(), ref_scores)
