@@ -73,6 +73,8 @@ def test_rollouts_sample_the_constrained_policy_and_grpo_steps_resume(tmp_path):
     assert set(log[0]["components"]) >= {"answer_f1", "quote_validity", "abstention", "format_validity", "retrieval"}
     assert log[0]["components"]["format_validity"] == 1.0
     assert all("kl" in e and "reward" in e for e in log)
+    if log[0]["learned_from"]:  # the reference is the SFT generator RL starts from: no KL before the first update
+        assert log[0]["kl"] == pytest.approx(0.0, abs=1e-5)
     trained = JointModel.load(out)  # a joint checkpoint: the RL adapters, the SFT reader and lexical channel
     assert (out / "reader").is_dir() and (out / "lexical").is_dir()
     before, after = get_peft_model_state_dict(model.generator), get_peft_model_state_dict(trained.generator)
@@ -83,3 +85,13 @@ def test_rollouts_sample_the_constrained_policy_and_grpo_steps_resume(tmp_path):
     assert [json.loads(line)["step"] for line in (out / "rl_log.jsonl").read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(ValueError, match="other settings"):
         train_rl(checkpoint_path("joint"), train, out, RLConfig(**{**cfg.__dict__, "lr": 0.5}), log=lambda _: None)
+    assert sorted(p.name for p in (out / "generator").iterdir()) == ["adapter_config.json",
+                                                                     "adapter_model.safetensors"]  # RL's alone
+
+    base = tmp_path / "rl-base"  # the other reference: SmolLM2 itself, far from the SFT policy
+    train_rl(checkpoint_path("joint"), train, base, RLConfig(**{**cfg.__dict__, "steps": 1, "reference": "base"}),
+             log=lambda _: None)
+    entry = json.loads((base / "rl_log.jsonl").read_text())
+    assert not entry["learned_from"] or entry["kl"] > 0.01
+    with pytest.raises(ValueError, match="reference"):
+        RLConfig(reference="initial")
