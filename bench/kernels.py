@@ -3,7 +3,7 @@
 Retrieval attention (top-k + log-sum-exp over N keys, d = 384) is timed as:
 
 - ``kernel``: the Triton kernel (one pass over K, no (B, N) tensor);
-- ``reference``: the pure-torch streamed reference (blocks of 65,536 keys, a stable sort per block);
+- ``reference``: the pure-torch streamed reference (blocks of 65,536 keys, a top-k merge per block);
 - ``unfused``: plain torch, ``Q @ K.T`` in full, then ``logsumexp`` and ``topk`` over the (B, N) scores (skipped,
   and said so, where that matrix does not fit in memory);
 - ``faiss``: FAISS exact flat inner-product search on the GPU (top-k only, no log-sum-exp), where a GPU build of
