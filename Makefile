@@ -9,7 +9,7 @@ DATA   ?= ../shared/data
 INDEX  ?= .demo-index
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: all venv demo test test-fast bench clean
+.PHONY: all venv demo test test-fast bench clean chromium
 
 all: test
 
@@ -29,7 +29,13 @@ demo: $(STAMP)
 	$(BIN)/ragless ingest demo/corpus --index $(INDEX) --report $(INDEX)/last-report.json
 	$(BIN)/ragless ask --index $(INDEX) --questions demo/questions.txt
 
-test: $(STAMP)
+# The page's test (tests/serve/test_page.py) drives Debian's chromium through Playwright's executable_path (Playwright
+# never downloads a browser here). As root, install it when missing; otherwise that test skips, or fails under CI=true.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

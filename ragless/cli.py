@@ -6,6 +6,7 @@
     ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
     ragless compact --index my-index
     ragless info --index my-index
+    ragless serve --index my-index [--host H] [--port P] [--api-keys keys.txt]   # HTTP endpoint and page
     ragless eval --dataset squad-v2.0 --data ../shared/data --systems workflow-bm25,ragless --limit 200
     ragless synth segmentation docs/ --out data/segmentation        # training data from one's own documents
     ragless train segmenter --train data/segmentation/train.parquet --heldout data/segmentation/heldout.parquet \
@@ -32,6 +33,7 @@ from ragless.components import DEFAULT_SEGMENTER
 from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
+from ragless.serve.config import ServeConfig
 from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
 from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
@@ -380,6 +382,22 @@ def _cmd_train_segmenter_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ragless.serve.app import serve
+    from ragless.serve.auth import APIKeyError, load_keys
+    from ragless.store import read_manifest
+
+    try:
+        keys = load_keys(args.api_keys)
+        config = from_args(ServeConfig, args)
+    except (APIKeyError, ValueError) as e:
+        raise UsageError(f"ragless serve: {e}") from None
+    if read_manifest(Path(args.index)) is None:
+        print(f"ragless serve: no index at {args.index} yet: the first POST /v1/documents makes one", file=sys.stderr)
+    serve(args.index, config, keys)
+    return 0
+
+
 def _cmd_train_reader(args: argparse.Namespace) -> int:
     from retrieve_generate_model.train import train_reader_alone
 
@@ -524,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--heldout", required=True, help="held-out rows (`ragless synth qa`)")
     m.add_argument("--examples", type=int, default=60, help="held-out rows decoded (default: 60)")
     m.set_defaults(func=_cmd_train_calibrate)
+
+    p = sub.add_parser("serve", help="the HTTP endpoint (questions with citations, documents) and the web page")
+    p.add_argument("--index", required=True, help="index directory (made by the first upload when missing)")
+    p.add_argument("--api-keys", help="file of API keys, one 'KEY SCOPE' per line (scope: read or admin); default: "
+                   "RAGLESS_API_KEYS; without keys the server is open and binds to loopback only")
+    add_dataclass_args(p, ServeConfig)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

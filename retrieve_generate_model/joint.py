@@ -39,6 +39,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -372,13 +373,17 @@ class JointModel:
 
     # -- answering
 
-    def answer(self, question: str, sources: list[Source], doc_texts: dict[str, str] | None = None) -> Answer:
+    def answer(self, question: str, sources: list[Source], doc_texts: dict[str, str] | None = None,
+               on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``question`` from ``sources`` (ranked by the retriever); the first ``config.k`` are read.
 
         ``doc_texts`` (doc_id -> text), when given, is used to check that each source is its document's text at its
         span, so that quotes map into the documents. Without sources the model abstains without running.
+        ``on_text``, when given, is called with each piece of the structured completion as the decoder decides it
+        (the route, each source number, the answer, each quote token by token), for streaming; the pieces are for
+        display, the returned `Answer` is the record.
         """
-        return self._answer(question, sources, doc_texts).answer
+        return self._answer(question, sources, doc_texts, on_text=on_text).answer
 
     def rollout(self, question: str, sources: list[Source], sampler: Sampler) -> Rollout:
         """An answer whose choices (route, sources relied on, cited source, quote tokens) are sampled by ``sampler``
@@ -386,10 +391,12 @@ class JointModel:
         return self._answer(question, sources, None, sampler)
 
     def _answer(self, question: str, sources: list[Source], doc_texts: dict[str, str] | None,
-                sampler: Sampler | None = None) -> Rollout:
+                sampler: Sampler | None = None, on_text: Callable[[str], None] | None = None) -> Rollout:
         import torch
 
         if not sources:
+            if on_text is not None:
+                on_text("route: abstain")
             return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", timings={"generate_s": 0.0}),
                            completion_text("abstain", [], "", []), [], 0, [])
         if doc_texts is not None:
@@ -408,12 +415,14 @@ class JointModel:
         t_read = time.perf_counter()
         margin = no_answer_margin(spans, null)  # None without a reader, or one with no "no answer"
         if margin is not None and cfg.reader_abstain_margin is not None and margin > cfg.reader_abstain_margin:
+            if on_text is not None:
+                on_text("route: abstain")
             return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
                                   timings={"read_s": t_read - t0, "generate_s": 0.0}),
                            completion_text("abstain", [], "", []), list(prompt), len(prompt), [])
         with torch.inference_mode():
             decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None,
-                               sampler=sampler)
+                               sampler=sampler, on_text=on_text)
             route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
                                                       head, starts, spans)
         t1 = time.perf_counter()
@@ -500,11 +509,13 @@ def completion_text(route: str, relied: list[int], answer: str, quotes: list[tup
 
 class _Decoder:
     """Decoding of the layout with the KV cache: forced pieces are fed, choices are the best of what is allowed at
-    that point (greedy) or, with a `Sampler`, drawn from it and recorded in ``decisions``."""
+    that point (greedy) or, with a `Sampler`, drawn from it and recorded in ``decisions``; ``on_text`` is told each
+    piece of the completion as it is decided."""
 
     def __init__(self, model, layout: Layout, prompt: list[int], tokenizer, keep_states: bool = False,
-                 sampler: Sampler | None = None):
+                 sampler: Sampler | None = None, on_text: Callable[[str], None] | None = None):
         self.model, self.layout, self.tokenizer = model, layout, tokenizer
+        self.on_text = on_text
         self.past, self.keep_states = None, keep_states
         self.sampler, self.decisions = sampler, []
         self.ids: list[int] = []  # every token fed, the prompt first
@@ -532,6 +543,10 @@ class _Decoder:
         scores = {t: float(self.logits[t]) + bias.get(t, 0.0) for t in allowed}
         return max(allowed, key=lambda t: scores[t])  # ties: the first allowed
 
+    def _emit(self, text: str) -> None:
+        if self.on_text is not None and text:
+            self.on_text(text)
+
     def run(self, cfg: JointConfig, shown: list[tuple[list[int], list[tuple[int, int]], str]],
             head: SpanHead | None = None, starts: list[int] | None = None, spans: list[Span] | None = None):
         """(route, relied source positions, answer text, quotes as (source position, char start, char end));
@@ -542,7 +557,9 @@ class _Decoder:
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
         if self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
+            self._emit("route: abstain")
             return "abstain", [], "", []
+        self._emit("route: answer\nsources:")
         self._feed(L.route_word["answer"] + L.sources)
         n_sources = len(shown)
         relied: list[int] = []
@@ -554,7 +571,9 @@ class _Decoder:
             digits = {L.digit[n + 1][0]: n for n in range(n_sources) if n not in relied}
             n = digits[self.choose(list(digits))]
             relied.append(n)
+            self._emit(f" [{n + 1}]")
             self._feed(L.digit[n + 1] + L.source_close)
+        self._emit("\nanswer: ")
         self._feed(L.answer)
         holds_answer = None  # the source the reader's answer is a span of: the first citation quotes it
         if spans is not None:
@@ -563,9 +582,11 @@ class _Decoder:
         elif head is not None:
             text = self._head_span(head, shown, starts, relied, cfg.max_answer_tokens)
         elif cfg.extractive:
-            text = self._extract(shown, cfg.max_answer_tokens)
+            text = self._extract(shown, cfg.max_answer_tokens)  # streamed token by token as it is walked
         else:
             text = self._free(cfg.max_answer_tokens)
+        if spans is not None or head is not None or not cfg.extractive:
+            self._emit(text)
         quotes: list[tuple[int, int, int]] = []
         for i in range(cfg.max_citations):
             if self.choose([L.newline[0], L.im_end]) == L.im_end:
@@ -574,10 +595,12 @@ class _Decoder:
             cited = [holds_answer] if holds_answer is not None and i == 0 else range(n_sources)
             digits = {L.digit[n + 1][0]: n for n in cited}
             n = digits[self.choose(list(digits))]
+            self._emit(f'\n<ref id="{n + 1}">')
             self._feed(L.digit[n + 1] + L.ref_mid)
             quote = self._quote(*shown[n][:2], cfg.max_quote_tokens)
             if quote is not None:
                 quotes.append((n, *quote))
+            self._emit("</ref>")
             self._feed(L.ref_close)
         return "answer", relied, text, quotes
 
@@ -653,6 +676,7 @@ class _Decoder:
         ``end`` — offered only at a character boundary — or reaches ``max_tokens``. The automaton of the slice, or
         None when nothing whole was written (nothing at all, or the limit fell inside a character)."""
         automaton = QuoteAutomaton(ids)
+        said = ""  # the slice's text told to on_text so far (at character boundaries)
         while automaton.length < max_tokens:
             allowed = sorted(automaton.allowed() - {_SEPARATOR})
             if automaton.length and _at_char_boundary(self.tokenizer, ids, automaton):
@@ -664,6 +688,12 @@ class _Decoder:
                 break
             automaton.advance(token)
             self._feed([token])
+            if self.on_text is not None and _at_char_boundary(self.tokenizer, ids, automaton):
+                p = automaton.first_position()
+                text = self.tokenizer.decode(ids[p: p + automaton.length])
+                if text.startswith(said):
+                    self._emit(text[len(said):])
+                    said = text
         if not automaton.length or not _at_char_boundary(self.tokenizer, ids, automaton):
             return None
         return automaton

@@ -17,6 +17,7 @@ from retrieve_generate_model.joint import (
     JointModel,
     Layout,
     _Decoder,
+    completion_text,
     shown_source,
 )
 from retrieve_generate_model.records import Source
@@ -139,6 +140,43 @@ def test_constrained_decoding_never_writes_a_quote_absent_from_its_source(model)
             assert quote and "\ufffd" not in quote and quote in text
             quotes += 1
     assert quotes > 30  # the property was exercised, not vacuously true
+
+
+def test_on_text_tells_the_completion_as_it_is_decided_and_changes_nothing(model):
+    """Streaming: the pieces told to ``on_text`` spell the completion (route, sources, answer and quotes, these token
+    by token), and decoding with a listener decides exactly what it decides without one."""
+    layout, tok = model.layout, model.tokenizer
+    cfg = JointConfig(max_source_tokens=64, max_citations=2, max_quote_tokens=12, abstain_bias=-1e9,
+                      answer_by="walk")
+    rng = random.Random(3)
+    squash = lambda text: "".join(text.split())  # noqa: E731  (the answer line's whitespace is collapsed)
+    token_by_token = False  # some answer or quote came in several pieces, not whole at its end
+    for trial in range(12):
+        shown = [shown_source(layout, source(_random_text(rng), n), cfg.max_source_tokens)
+                 for n in range(rng.randint(1, 3))]
+        args = (cfg, [(ids, offsets, s.text) for s, ids, offsets in shown])
+        silent = _Decoder(RandomLogits(len(tok), trial), layout, [1, 2, 3], tok).run(*args)
+        pieces: list[str] = []
+        told = _Decoder(RandomLogits(len(tok), trial), layout, [1, 2, 3], tok, on_text=pieces.append).run(*args)
+        assert told == silent
+        route, relied, text, quotes = told
+        streamed = squash("".join(pieces))
+        assert streamed.startswith(squash(completion_text(route, relied, text, [])))
+        for n, a, b in quotes:  # in order (a citation whose quote came to nothing is streamed as an empty ref)
+            ref = squash(f'<ref id="{n + 1}">{shown[n][0].text[a:b]}</ref>')
+            assert ref in streamed
+            streamed = streamed[streamed.index(ref) + len(ref):]
+        assert all(pieces)
+        fixed = 3 + len(relied) + 2 * len(quotes)  # route, "answer:", each source, each ref's opening and end
+        token_by_token = token_by_token or len(pieces) > fixed + 1 + len(quotes)
+
+    pieces = []
+    sources = [source(DOC, 0), source("Apples are pressed within days of picking.", 1)]
+    with_listener = model.answer("Who built it?", sources, on_text=pieces.append)
+    without = model.answer("Who built it?", sources)
+    assert with_listener.to_dict() | {"timings": {}} == without.to_dict() | {"timings": {}}
+    assert "".join(pieces).startswith("route: " + without.route)
+    assert model.answer("Who built it?", [], on_text=pieces.append).abstained and pieces[-1] == "route: abstain"
 
 
 def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(model):
