@@ -53,8 +53,10 @@ def _write(path: Path, report: dict) -> None:
     tmp.replace(path)  # whole or absent: an interrupted run resumes cleanly
 
 
-def joint_part(data: str, sft: str, rl: str, force: bool) -> None:
+def joint_part(data: str, sft: str, rl: str, force: bool, only: str | None = None) -> None:
     for dataset, limit in JOINT:
+        if only and dataset != only:
+            continue
         path = OUT / f"joint.{dataset}.json"
         if path.exists() and not force:
             print(f"have {path.name}", file=sys.stderr)
@@ -70,8 +72,10 @@ def joint_part(data: str, sft: str, rl: str, force: bool) -> None:
         _write(path, _strip(report))
 
 
-def segmenter_part(data: str, before: str, after: str, force: bool) -> None:
+def segmenter_part(data: str, before: str, after: str, force: bool, only: str | None = None) -> None:
     for dataset, limit in SEGMENTER:
+        if only and dataset != only:
+            continue
         path = OUT / f"segmenter.{dataset}.json"
         if path.exists() and not force:
             print(f"have {path.name}", file=sys.stderr)
@@ -155,15 +159,16 @@ def main() -> None:
     parser.add_argument("--segmenter-before", default="checkpoints/segmenter")
     parser.add_argument("--segmenter-after", default="checkpoints/segmenter-rl")
     parser.add_argument("--part", choices=("joint", "segmenter", "all"), default="all")
+    parser.add_argument("--only", help="run only this dataset's entries (e.g. squad-v2.0)")
     parser.add_argument("--force", action="store_true", help="re-run parts that already have a report")
     parser.add_argument("--tables-only", action="store_true", help="rebuild BENCHMARKS.md from existing reports")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if not args.tables_only:
         if args.part in ("joint", "all"):
-            joint_part(args.data, args.sft, args.rl, args.force)
+            joint_part(args.data, args.sft, args.rl, args.force, args.only)
         if args.part in ("segmenter", "all"):
-            segmenter_part(args.data, args.segmenter_before, args.segmenter_after, args.force)
+            segmenter_part(args.data, args.segmenter_before, args.segmenter_after, args.force, args.only)
     md = tables()
     update_benchmarks_md("rl", md)
     print(md)
