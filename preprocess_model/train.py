@@ -2,6 +2,14 @@
 
     report = train_segmenter("train.parquet", "heldout.parquet", "checkpoints/segmenter", TrainConfig(steps=1200))
 
+    ragless train segmenter --train T --heldout H --out checkpoints/my-segmenter                       # one process
+    torchrun --nproc_per_node 2 -m ragless.cli train segmenter --train T --heldout H --out checkpoints/my-segmenter
+
+Under torchrun (`ragless.distributed`, gloo on CPU, NCCL on GPUs) each rank computes its share of every global batch
+of ``batch_windows`` windows and the adapters' gradients are summed over ranks, so P processes take the steps one
+process would (exactly, up to float summation order, without dropout: set ``--lora-dropout 0`` to compare); rank 0
+alone saves, evaluates and logs.
+
 Resumable: every ``save_every`` steps the adapters, head, optimizer, schedule and step go to ``<out>/state/`` (the
 data order is a function of the seed and the step, so a resumed run sees exactly the batches it would have seen);
 run the same command again to continue. The checkpoint itself (``segmenter.safetensors`` + ``config.json``) is
@@ -124,10 +132,24 @@ def train_segmenter(
     model_cfg: SegmenterConfig | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train (or resume) and write the checkpoint to ``out``; returns the last evaluation."""
+    """Train (or resume) and write the checkpoint to ``out``; returns the last evaluation (on ranks other than 0 under
+    torchrun: the step alone)."""
+    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+
+    with distributed.joined() as world:
+        return _train_segmenter(train_path, heldout_path, out, cfg, model_cfg, log, world)
+
+
+def _train_segmenter(train_path, heldout_path, out, cfg, model_cfg, log, world) -> dict[str, Any]:
+    from ragless import distributed
+
     out = Path(out)
     cfg = cfg or TrainConfig()
     model_cfg = model_cfg or SegmenterConfig()
+    if cfg.batch_windows < world.size:
+        raise ValueError(f"--batch-windows {cfg.batch_windows} is smaller than the {world.size} processes sharing it")
+    if not world.main:
+        log = _silent
     state_dir = out / "state"
     torch.manual_seed(cfg.seed)
     tokenizer, base = load_base()
@@ -148,51 +170,69 @@ def train_segmenter(
         schedule.load_state_dict(state["schedule"])
         step = state["step"]
         log(f"resumed at step {step}")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "run.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=1))
+    distributed.broadcast(world, params)
+    distributed.barrier(world)  # every rank has read the state before rank 0 writes run.json
+    if world.main:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "run.json").write_text(json.dumps({"train": asdict(cfg), "model": asdict(model_cfg)}, indent=1))
 
     examples = make_examples(load_rows(train_path), tokenizer, model_cfg, cfg.max_windows_per_doc, cfg.seed)
     heldout = load_rows(heldout_path, cfg.heldout_docs, cfg.heldout_units)
     weights = _class_weights([lab for e in examples for lab in e.labels])
-    loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=-100)
+    # summed here and divided by the global batch's total weight below: CrossEntropyLoss's weighted mean over the
+    # global batch, whichever rank holds which windows
+    loss_fn = nn.CrossEntropyLoss(weight=weights, ignore_index=-100, reduction="sum")
     log(f"{len(examples)} training windows, {len(heldout)} held-out documents, "
-        f"{sum(p.numel() for p in params):,} trainable parameters; class weights {weights.tolist()}")
+        f"{sum(p.numel() for p in params):,} trainable parameters; class weights {weights.tolist()}"
+        + (f"; {world.size} processes" if world.distributed else ""))
     last: dict[str, Any] = {}
     losses: list[float] = []
     t0 = time.perf_counter()
     while step < cfg.steps:
         model.train()
-        batch = [examples[i] for i in _batch_order(len(examples), cfg.batch_windows, cfg.seed, step)]
+        # this rank's share of the step's global batch (all of it in one process)
+        batch = [examples[i] for i in world.shard(_batch_order(len(examples), cfg.batch_windows, cfg.seed, step))]
         inputs = collate([e.window for e in batch], tokenizer.pad_token_id)
         labels = torch.full(inputs["markers"].shape, -100, dtype=torch.long)
         for b, e in enumerate(batch):
             labels[b, : len(e.labels)] = torch.tensor(e.labels)
         logits = model(**inputs)  # (B, U, L)
-        loss = loss_fn(logits.reshape(-1, len(LABELS)), labels.reshape(-1))
+        flat = labels.reshape(-1)
+        loss_sum = loss_fn(logits.reshape(-1, len(LABELS)), flat)
+        total, weight = distributed.all_sum(world, [loss_sum.item(), float(weights[flat[flat != -100]].sum())])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / weight).backward()
+        distributed.sum_gradients(world, params)  # the gradient of the global batch's loss, on every rank
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         step += 1
-        losses.append(loss.item())
+        losses.append(total / weight)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            _save_state(state_dir, model, optimizer, schedule, step)
+            if world.main:
+                _save_state(state_dir, model, optimizer, schedule, step)
+            distributed.barrier(world)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             last = {"step": step, "train_loss": round(float(np.mean(losses)), 4),
-                    "windows_per_s": round(len(losses) * cfg.batch_windows / (time.perf_counter() - t0), 2),
-                    **evaluate_segmenter(model, tokenizer, heldout)}
+                    "windows_per_s": round(len(losses) * cfg.batch_windows / (time.perf_counter() - t0), 2)}
+            if world.main:
+                last |= evaluate_segmenter(model, tokenizer, heldout)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+                model.save(out)
+                log(json.dumps(last))
+            distributed.barrier(world)  # the others wait while rank 0 evaluates
             losses, t0 = [], time.perf_counter()
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(last) + "\n")
-            model.save(out)
-            log(json.dumps(last))
-    if not last:  # nothing left to train: re-evaluate the checkpoint as the code decodes now, and log it
+    if not last and world.main:  # nothing left to train: re-evaluate the checkpoint as the code decodes now, log it
         last = {"step": step, "reevaluated": True, **evaluate_segmenter(model, tokenizer, heldout)}
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(last) + "\n")
         model.save(out)
     return last
+
+
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _class_weights(labels: Sequence[int]) -> torch.Tensor:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from preprocess_model.document import Segment
+from ragless.ann import AnnSearchConfig
 from ragless.components import DEFAULT_ANSWERER, encoder_for, lexical_for, make_answerer, query_encoder_for
 from ragless.store import IndexReader
 from retrieve_generate_model.records import Answer, Source
@@ -29,6 +30,7 @@ class AskConfig:
     # the retriever's inverse temperature: weights are softmax(scale * cosine) over the memory (20: the scale that
     # sentence-transformers' contrastive loss trains MiniLM with)
     scale: float = 20.0
+    ann: AnnSearchConfig = field(default_factory=AnnSearchConfig)  # search through the index's ANN index, if any
 
 
 def _source(seg: Segment, score: float, source: str, title: str) -> Source:
@@ -39,7 +41,7 @@ def _source(seg: Segment, score: float, source: str, title: str) -> Source:
 class Asker:
     def __init__(self, index: str | Path, config: AskConfig | None = None, answerer=None):
         self.cfg = config or AskConfig()
-        self.reader = IndexReader(index)
+        self.reader = IndexReader(index, ann=self.cfg.ann.use)
         self.encoder = encoder_for(self.reader.manifest)
         self.lexical = lexical_for(self.reader.manifest, self.encoder)  # None: the index holds dense vectors alone
         self._answerer = answerer
@@ -67,18 +69,27 @@ class Asker:
         segment, not only over the k returned. When the index stores the learned lexical channel's vectors, the score
         is the fused ``scale * cosine + alpha * lexical`` (`retrieve_generate_model.lexical.fused_attention`), with
         the same exact top-k and normalization; `Source.score` is then the fused score divided by the scale.
+
+        When the index has an ANN index (`ragless index build`), the top-k is exact over the candidates it proposes
+        (and the rows it does not cover), equal to the above wherever those hold the true top-k, and ``log_z`` is over
+        what was scored, so weights are upper bounds of the exact ones (see `ragless.ann`).
         """
         import torch
 
+        from ragless.ann import ann_attention
         from retrieve_generate_model.kernels import retrieval_attention
 
         k = min(k or self.cfg.k, len(self.reader))
         if not questions or k == 0:
             return [[] for _ in questions]
-        memory = torch.from_numpy(self.reader.memory())
+        ann = self.reader.ann is not None  # the reader can be swapped for a newer generation's (ragless.serve)
         if self.lexical is None:
             queries = torch.from_numpy(self.query_encoder.embed_queries(questions))  # (M, D)
-            rows, scores, log_z = retrieval_attention(queries, memory, k, scale=self.cfg.scale)
+            if ann:
+                rows, scores, log_z = ann_attention(self.reader, queries, k, scale=self.cfg.scale, config=self.cfg.ann)
+            else:
+                memory = torch.from_numpy(self.reader.memory())
+                rows, scores, log_z = retrieval_attention(queries, memory, k, scale=self.cfg.scale)
         else:
             from retrieve_generate_model.lexical import encode, fused_attention, sparse_matrix
 
@@ -87,9 +98,14 @@ class Asker:
                 dense = self.query_encoder.embed_queries(questions)
             vocab = self.lexical.vocab
             alpha = self.lexical.alpha_at(self.cfg.scale)
-            rows, scores, log_z = fused_attention(
-                torch.from_numpy(dense), sparse_matrix(terms, vocab), memory, self.reader.lexical_matrix(vocab), k,
-                scale=self.cfg.scale, alpha=alpha)
+            if ann:
+                rows, scores, log_z = ann_attention(
+                    self.reader, torch.from_numpy(dense), k, scale=self.cfg.scale, config=self.cfg.ann,
+                    query_terms=sparse_matrix(terms, vocab), key_terms=self.reader.lexical_matrix(vocab), alpha=alpha)
+            else:
+                rows, scores, log_z = fused_attention(
+                    torch.from_numpy(dense), sparse_matrix(terms, vocab), torch.from_numpy(self.reader.memory()),
+                    self.reader.lexical_matrix(vocab), k, scale=self.cfg.scale, alpha=alpha)
         out = []
         for q_rows, q_scores, q_log_z in zip(rows.tolist(), scores.tolist(), log_z.tolist()):
             sources = []

@@ -6,6 +6,7 @@
     ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
     ragless compact --index my-index
     ragless info --index my-index
+    ragless index build --index my-index --kind ivf-flat|ivf-pq|hnsw [--nlist N --m M --nbits B --hnsw-m M]
     ragless serve --index my-index [--host H] [--port P] [--api-keys keys.txt]   # HTTP endpoint and page
     ragless eval --dataset squad-v2.0 --data ../shared/data --systems workflow-bm25,ragless --limit 200
     ragless synth segmentation docs/ --out data/segmentation        # training data from one's own documents
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.readers import ReaderConfig
+from ragless.ann import AnnConfig
 from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig, FixedWindowSegmenter
 from ragless.components import DEFAULT_SEGMENTER
@@ -414,6 +416,27 @@ def _cmd_train_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from ragless.ann import build_ann
+
+    try:
+        entry = build_ann(args.index, from_args(AnnConfig, args), log_fn=lambda msg: print(msg, file=sys.stderr))
+    except ValueError as e:
+        raise UsageError(f"ragless index build: {e}") from None
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+def _cmd_index_drop(args: argparse.Namespace) -> int:
+    from ragless.ann import drop_ann
+    from ragless.store import read_manifest
+
+    if read_manifest(Path(args.index)) is None:
+        raise StoreError(f"no index at {args.index}")
+    print(f"generation {drop_ann(args.index)}: exact search (no ANN index)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragless", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -549,6 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "RAGLESS_API_KEYS; without keys the server is open and binds to loopback only")
     add_dataclass_args(p, ServeConfig)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("index", help="the approximate nearest-neighbour index of a large index (ragless/ann.py)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("build", help="build an ANN index over the committed vectors and commit it (offline: "
+                                         "holds the writer lock; readers search it memory-mapped, reranked exactly)")
+    a.add_argument("--index", required=True)
+    add_dataclass_args(a, AnnConfig)
+    a.set_defaults(func=_cmd_index_build)
+    a = actions.add_parser("drop", help="commit a generation without the ANN index: exact search again")
+    a.add_argument("--index", required=True)
+    a.set_defaults(func=_cmd_index_drop)
 
     p = sub.add_parser("info", help="print the index manifest: generation, components, counts")
     p.add_argument("--index", required=True)

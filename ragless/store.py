@@ -9,6 +9,8 @@ Layout of an index directory (see ../shared/DESIGN.md, "The index on disk")::
     vectors/<shard>.faiss         ... their embeddings (FAISS flat inner-product index)
     lexical/<shard>.parquet       ... and their lexical vectors (word-piece ids and weights), when the index was made
                                   with the retriever's learned lexical channel (component "lexical")
+    ann/g000007-<kind>-<id>.faiss an approximate nearest-neighbour index over the live vectors of generation 7 and
+    ann/...rows.parquet           its row map (ANN id -> seg_id, sha256), when `ragless index build` made one (ann.py)
 
 A writer never changes a file that a manifest names. It writes new shard files, then a new catalog, then replaces
 `manifest.json` with `os.replace` (atomic on POSIX). A process killed at any point leaves the last committed
@@ -16,9 +18,15 @@ generation intact; the files it wrote but never committed are unreferenced and r
 index. Rows of a replaced or deleted document stay in their shard until `compact` rewrites it, but the catalog no
 longer points at them, so readers ignore them.
 
-Readers open everything a manifest names when they are made (Parquet memory-mapped, vectors in memory), so a later
-commit or garbage collection never changes what an open reader sees. The files of the previous generation are kept
-until the next commit, so a reader that has just read the old manifest can still open its files.
+Readers open everything a manifest names when they are made (Parquet and vectors memory-mapped, read-only), so a
+later commit or garbage collection never changes what an open reader sees (an unlinked file stays readable through its
+mapping). The files of the previous generation are kept until the next commit, so a reader that has just read the old
+manifest can still open its files. Readers write nothing: several processes (server replicas) can share one index.
+
+Exact search copies the live vectors into one matrix on first use (`IndexReader.memory`). An index with an ANN index
+(`manifest["ann"]`, committed by `ragless index build`) is searched through it instead: FAISS proposes candidates
+from the memory-mapped ANN index, their exact scores are recomputed from the shards' mapped vectors, and rows the ANN
+index does not cover (added after it was built) are searched exactly; see `ragless.ann`.
 
 One writer at a time: `IndexWriter` holds an exclusive `flock` on `.writer.lock`, released by the kernel even when the
 process is killed.
@@ -75,7 +83,7 @@ SEGMENTS_SCHEMA = pa.schema(
     ]
 )
 LEXICAL_SCHEMA = pa.schema([("ids", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
-SHARD_DIRS = ("catalog", "documents", "segments", "vectors", "lexical")
+SHARD_DIRS = ("catalog", "documents", "segments", "vectors", "lexical", "ann")
 CATALOG_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -148,6 +156,34 @@ def _write_faiss(path: Path, index: faiss.Index) -> None:
     _write_atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
 
 
+# read-only mapping of the file (PROT_READ, MAP_SHARED): the codes of flat, IVF and HNSW indexes stay in the page
+# cache, shared by every process that maps them, instead of being copied into each process's heap (faiss >= 1.10)
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+
+
+def read_faiss(path: Path, mmap: bool = True) -> faiss.Index:
+    """A FAISS index from ``path``, memory-mapped by default; FileNotFoundError when it is missing (faiss itself
+    raises a RuntimeError, which the readers' retry after a concurrent garbage collection would not recognize)."""
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        return faiss.read_index(str(path), MMAP_FLAGS if mmap else 0)
+    except RuntimeError as e:
+        if "could not open" in str(e):
+            raise FileNotFoundError(path) from e
+        raise
+
+
+def flat_codes(index: faiss.Index) -> np.ndarray:
+    """(ntotal, D) float32 read-only view of a flat index's vectors, without copying (mapped when the index is);
+    valid while ``index`` lives."""
+    if index.ntotal == 0:
+        return np.zeros((0, index.d), np.float32)
+    view = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), index.ntotal * index.d).reshape(-1, index.d)
+    view.flags.writeable = False  # the mapping is PROT_READ: a write would be a segfault, not an exception
+    return view
+
+
 def read_manifest(root: Path) -> dict[str, Any] | None:
     path = Path(root) / MANIFEST
     if not path.exists():
@@ -171,6 +207,8 @@ def manifest_files(manifest: dict[str, Any] | None) -> set[str]:
         files |= {f"documents/{shard['id']}.parquet", f"segments/{shard['id']}.parquet", f"vectors/{shard['id']}.faiss"}
         if shard.get("lexical"):
             files.add(f"lexical/{shard['id']}.parquet")
+    if manifest.get("ann"):
+        files |= {manifest["ann"]["index"], manifest["ann"]["rows"]}
     return files
 
 
@@ -266,6 +304,9 @@ class IndexWriter:
         self._check_components()
         self.catalog = _read_catalog(self.root, self.manifest)
         self.shards: dict[str, dict[str, Any]] = {s["id"]: s for s in (self.manifest or {}).get("shards", [])}
+        # the ANN index (ragless.ann) is carried into every later generation: it covers the rows it was built on,
+        # readers search the rows added since exactly
+        self.ann: dict[str, Any] | None = (self.manifest or {}).get("ann")
         self._dirty = False
         self.collect_garbage()
 
@@ -351,6 +392,12 @@ class IndexWriter:
             self.shards[shard]["lexical"] = True
         return shard
 
+    def set_ann(self, entry: dict[str, Any] | None) -> None:
+        """Stage the ANN index that the next commit records (its files already written under ann/), or None to
+        drop it; see `ragless.ann.build_ann`."""
+        self.ann = entry
+        self._dirty = True
+
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
         """Stage removal of documents; returns the ids that were present."""
         removed = [d for d in doc_ids if self.catalog.pop(d, None) is not None]
@@ -386,6 +433,8 @@ class IndexWriter:
             },
             "previous": sorted(manifest_files(self.manifest)),  # kept one more generation for readers opening now
         }
+        if self.ann:
+            manifest["ann"] = self.ann
         _write_atomic(self.root / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
         _fsync_dir(self.root)
         crashpoint("after-manifest")
@@ -486,24 +535,29 @@ class Hit:
 
 
 class IndexReader:
-    """A consistent view of one committed generation, unaffected by later writes.
+    """A consistent view of one committed generation, unaffected by later writes; writes nothing.
 
         reader = IndexReader(path)
         hits = reader.search(encoder.embed_queries(["question"]), k=5)[0]
         doc = reader.document(hits[0].segment.doc_id)
+
+    Rows: the live segments are numbered 0..N-1 shard by shard, in the manifest's shard order (`segment_at`,
+    `vectors`, `memory` and `lexical_matrix` share that order). ``ann=False`` ignores the index's ANN index (exact
+    search over every row); with ``ann=True`` (the default) and an ANN index committed, `ann` is its open
+    `ragless.ann.AnnIndex` and `search` goes through it.
     """
 
-    def __init__(self, root: str | Path, retries: int = 3):
+    def __init__(self, root: str | Path, retries: int = 3, ann: bool = True):
         self.root = Path(root)
         for attempt in range(retries):
             try:
-                self._open()
+                self._open(ann)
                 return
             except FileNotFoundError:  # two commits landed between reading the manifest and opening its files
                 if attempt == retries - 1:
                     raise
 
-    def _open(self) -> None:
+    def _open(self, use_ann: bool) -> None:
         manifest = read_manifest(self.root)
         if manifest is None:
             raise StoreError(f"no index at {self.root} (no {MANIFEST}): run `ragless ingest ... --index {self.root}`")
@@ -514,27 +568,30 @@ class IndexReader:
         self._doc_rows: dict[str, dict[str, int]] = {}  # shard -> doc_id -> row, filled on first use
         self._segs: dict[str, pa.Table] = {}
         self._memory: np.ndarray | None = None
-        self._lexical_rows: list[tuple[str, np.ndarray]] = []  # (shard, its live rows), in global row order
         self._lexical = None
-        self.index = faiss.IndexFlatIP(self.dim)
-        shard_of_row: list[np.ndarray] = []
-        row_in_shard: list[np.ndarray] = []
+        self._vector_files: list[faiss.Index] = []  # per shard, memory-mapped: they own the views below
+        self._shard_vectors: list[np.ndarray] = []  # per shard (stored rows, D), a read-only view of the mapping
+        self._live_rows: list[np.ndarray] = []  # per shard, its live rows (ascending), in global row order
         self._shard_ids = [s["id"] for s in manifest["shards"]]
-        for i, sid in enumerate(self._shard_ids):
+        for sid in self._shard_ids:
             self._docs[sid] = pq.ParquetFile(pa.memory_map(str(self.root / "documents" / f"{sid}.parquet")))
             segs = pq.read_table(pa.memory_map(str(self.root / "segments" / f"{sid}.parquet")))
             self._segs[sid] = segs
-            vecs = faiss.read_index(str(self.root / "vectors" / f"{sid}.faiss"))
+            vecs = read_faiss(self.root / "vectors" / f"{sid}.faiss")
+            self._vector_files.append(vecs)
+            self._shard_vectors.append(flat_codes(vecs))
             live_ids = pa.array([d for d, e in self.catalog.items() if e.shard == sid], pa.string())
             mask = pc.is_in(segs.column("doc_id"), value_set=live_ids).to_numpy(zero_copy_only=False)
-            rows = np.flatnonzero(mask)
-            if len(rows):
-                self.index.add(vecs.reconstruct_n(0, vecs.ntotal)[rows])  # (live rows, D)
-            self._lexical_rows.append((sid, rows))
-            shard_of_row.append(np.full(len(rows), i, dtype=np.int32))
-            row_in_shard.append(rows.astype(np.int64))
-        self._shard_of_row = np.concatenate(shard_of_row) if shard_of_row else np.zeros(0, np.int32)
-        self._row_in_shard = np.concatenate(row_in_shard) if row_in_shard else np.zeros(0, np.int64)
+            self._live_rows.append(np.flatnonzero(mask).astype(np.int64))
+        counts = [len(rows) for rows in self._live_rows]
+        self._shard_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # global row of each's first
+        self._shard_of_row = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        self._row_in_shard = np.concatenate(self._live_rows) if counts else np.zeros(0, np.int64)
+        self.ann = None
+        if use_ann and manifest.get("ann"):
+            from ragless.ann import AnnIndex
+
+            self.ann = AnnIndex.open(self, manifest["ann"])
 
     @property
     def generation(self) -> int:
@@ -542,7 +599,7 @@ class IndexReader:
 
     def __len__(self) -> int:
         """Live segments."""
-        return self.index.ntotal
+        return len(self._row_in_shard)
 
     def segment_at(self, row: int) -> Segment:
         """The live segment at global row ``row`` of the vector index."""
@@ -550,14 +607,37 @@ class IndexReader:
         record = self._segs[sid].slice(int(self._row_in_shard[row]), 1).to_pylist()[0]
         return Segment(**record)
 
+    def row_keys(self) -> pa.ChunkedArray:
+        """(N,) strings naming each live row's content: its seg_id and its document's sha256. The same in every
+        generation that holds that segment of those bytes, whichever shard it sits in (after compaction too); an
+        ANN index finds its rows in a later generation by it (`ragless.ann`)."""
+        doc_ids = pa.array(list(self.catalog), pa.string())
+        shas = pa.array([e.sha256 for e in self.catalog.values()], pa.string())
+        parts = []
+        for sid, rows in zip(self._shard_ids, self._live_rows):
+            segs = self._segs[sid].select(["seg_id", "doc_id"]).take(pa.array(rows))
+            sha = pc.take(shas, pc.index_in(segs.column("doc_id"), value_set=doc_ids))
+            parts.extend(pc.binary_join_element_wise(segs.column("seg_id"), sha, "\x00").chunks)
+        return pa.chunked_array(parts, pa.string())
+
     def search(self, queries: np.ndarray, k: int = 5) -> list[list[Hit]]:
-        """Exact top-``k`` live segments by inner product for each query row of ``queries`` (M, D)."""
+        """Top-``k`` live segments by inner product for each query row of ``queries`` (M, D): exact, or through the
+        ANN index when the reader has one (exact over its candidates and the rows it does not cover)."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (M, {self.dim}), got {queries.shape}")
         k = min(k, len(self))
         if k == 0:
             return [[] for _ in range(len(queries))]
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # (M, k) each
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.ann is not None:
+            import torch
+
+            from ragless.ann import ann_attention
+
+            rows_t, scores_t, _ = ann_attention(self, torch.from_numpy(queries), k, scale=1.0)
+            scores, rows = scores_t.numpy(), rows_t.numpy()
+        else:  # the same kernel as a flat inner-product index, without copying the memory into one
+            scores, rows = faiss.knn(queries, self.memory(), k, metric=faiss.METRIC_INNER_PRODUCT)  # (M, k) each
         out = []
         for q_scores, q_rows in zip(scores, rows):
             hits = []
@@ -571,12 +651,21 @@ class IndexReader:
         return out
 
     def memory(self) -> np.ndarray:
-        """(N, D) float32: every live segment's vector, in row order (what retrieval attends over); one copy, made
-        on first use and kept for this generation."""
-        if getattr(self, "_memory", None) is None:
-            n = self.index.ntotal
-            self._memory = self.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
+        """(N, D) float32: every live segment's vector, in row order (what exact retrieval attends over); one copy in
+        this process's memory, made on first use and kept for this generation (never made by the ANN path)."""
+        if self._memory is None:
+            memory = np.empty((len(self), self.dim), np.float32)  # filled block by block: no second copy
+            for start, block in self.vector_blocks():
+                memory[start: start + len(block)] = block
+            self._memory = memory
         return self._memory
+
+    def vector_blocks(self, block: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(first global row, (n, D) vectors) over the live rows in order, ``block`` rows at most at a time, copied
+        from the mapped shards without making `memory`."""
+        for i, (view, rows) in enumerate(zip(self._shard_vectors, self._live_rows)):
+            for start in range(0, len(rows), block):
+                yield int(self._shard_start[i]) + start, view[rows[start: start + block]]
 
     @property
     def has_lexical(self) -> bool:
@@ -591,7 +680,7 @@ class IndexReader:
             raise StoreError(f"{self.root} has no lexical vectors (ingested without the lexical channel)")
         if self._lexical is None:
             parts = []
-            for sid, rows in self._lexical_rows:
+            for sid, rows in zip(self._shard_ids, self._live_rows):
                 table = pq.read_table(pa.memory_map(str(self.root / "lexical" / f"{sid}.parquet")))
                 ids, weights = table.column("ids").combine_chunks(), table.column("weights").combine_chunks()
                 offsets = ids.offsets.to_numpy(zero_copy_only=False)
@@ -603,8 +692,17 @@ class IndexReader:
         return self._lexical
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), D) stored embeddings of global rows, e.g. to recompute scores in torch with gradients."""
-        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim))
+        """(len(rows), D) float32 stored embeddings of global rows (e.g. to recompute scores exactly, or in torch
+        with gradients): read from the mapped shards, or from `memory` when it is made."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._memory is not None:
+            return self._memory[rows]
+        out = np.empty((len(rows), self.dim), np.float32)
+        shard_of = self._shard_of_row[rows]
+        for i in np.unique(shard_of):
+            at = shard_of == i
+            out[at] = self._shard_vectors[i][self._row_in_shard[rows[at]]]
+        return out
 
     def document(self, doc_id: str) -> Document:
         entry = self.catalog.get(doc_id)

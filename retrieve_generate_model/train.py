@@ -20,6 +20,15 @@ not run again. When training ends the model is saved to ``OUT`` (`JointModel.sav
 and a line per event is in ``OUT/log.jsonl``.
 
     report = train_joint("data/qa/train.parquet", "data/qa/heldout.parquet", "checkpoints/joint", JointTrainConfig())
+
+    ragless train joint --train T --heldout H --out checkpoints/my-joint                            # one process
+    torchrun --nproc_per_node 4 -m ragless.cli train joint --train T --heldout H --out checkpoints/my-joint
+
+Under torchrun (`ragless.distributed`) the generator stage is data-parallel: the examples of each optimizer step (its
+``grad_accum`` examples of the seeded order) are dealt round-robin to the ranks and the adapters' gradients summed
+over them, so P processes take the steps one process would (up to float summation order); rank 0 alone saves the
+state and logs. The later stages (span head, reader, question tower, calibration, evaluation) run on rank 0 alone;
+the other ranks return after the generator.
 """
 
 from __future__ import annotations
@@ -126,12 +135,26 @@ def train_joint(
     score: Callable[[str, list[str]], tuple[float, float]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train (or resume) and evaluate; returns the final report. ``score(prediction, golds) -> (em, f1)``."""
+    """Train (or resume) and evaluate; returns the final report (on ranks other than 0 under torchrun: the number
+    of examples alone). ``score(prediction, golds) -> (em, f1)``."""
+    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+
+    with distributed.joined() as world:
+        return _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, world)
+
+
+def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, world) -> dict[str, Any]:
+    import os
+
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_linear_schedule_with_warmup
 
+    from ragless import distributed
+
     cfg, model_cfg = cfg or JointTrainConfig(), model_cfg or JointConfig()
+    if not world.main:
+        log = _silent
     out = Path(out)
     state_dir = out / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +168,8 @@ def train_joint(
         now = {**run, "train": cfg.generator_run(), "model": model_cfg.trained()}
         if json.loads(json.dumps(previous)) != json.loads(json.dumps(now)):
             raise ValueError(f"{out} holds a run with other settings; use another --out or remove {state_dir}")
-    else:
+    distributed.barrier(world)  # every rank has read run.json before rank 0 writes it
+    if not saved_cfg.is_file() and world.main:
         saved_cfg.write_text(json.dumps(run, indent=1) + "\n")
 
     torch.manual_seed(cfg.seed)
@@ -168,6 +192,7 @@ def train_joint(
         scheduler.load_state_dict(state["scheduler"])
         start = state["examples"]
         log(f"resuming at example {start}/{len(order)}")
+    distributed.broadcast(world, params)
 
     def save_state(examples: int) -> None:
         tmp = state_file.with_suffix(".tmp")
@@ -175,32 +200,40 @@ def train_joint(
                     "scheduler": scheduler.state_dict(), "examples": examples}, tmp)
         tmp.replace(state_file)
 
-    log_file = (out / "log.jsonl").open("a")
+    log_file = (out / "log.jsonl").open("a") if world.main else open(os.devnull, "w")
     generator.train()
     window: list[float] = []
     t0 = time.perf_counter()
     for i in range(start, len(order)):
-        ex = row_example(model, rows[order[i]])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = generator(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
-        (loss / cfg.grad_accum).backward()
-        window.append(float(loss.detach()))
         done = i + 1
+        if (i % cfg.grad_accum) % world.size == world.rank:  # the step's examples, dealt round-robin to the ranks
+            ex = row_example(model, rows[order[i]])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = generator(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
+            (loss / cfg.grad_accum).backward()
+            window.append(float(loss.detach()))
         if done % cfg.grad_accum == 0 or done == len(order):
+            distributed.sum_gradients(world, params)  # the step's gradient over all its examples, on every rank
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if done % cfg.checkpoint_every == 0 or done == len(order):
-            save_state(done)
-            rate = (done - start) / (time.perf_counter() - t0)
-            entry = {"examples": done, "of": len(order), "loss": round(sum(window) / len(window), 4),
-                     "lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 3)}
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
-            log(json.dumps(entry))
+            total, count = distributed.all_sum(world, [sum(window), len(window)])
+            if world.main:
+                save_state(done)
+                rate = (done - start) / (time.perf_counter() - t0)
+                entry = {"examples": done, "of": len(order), "loss": round(total / max(count, 1), 4),
+                         "lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 3)}
+                log_file.write(json.dumps(entry) + "\n")
+                log_file.flush()
+                log(json.dumps(entry))
+            distributed.barrier(world)
             window = []
     generator.eval()
+    if not world.main:  # the later stages are single-process: rank 0 runs them
+        log_file.close()
+        return {"examples": len(order), "rank": world.rank}
     seen = set(order)  # the later stages learn from rows the generator did not train on first
     later = [r for j, r in enumerate(rows) if j not in seen and r["answerable"]]
     later += [rows[j] for j in dict.fromkeys(order) if rows[j]["answerable"]]
@@ -229,6 +262,10 @@ def train_joint(
     log_file.close()
     (out / "heldout.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def train_span_head(model: JointModel, rows: list[dict[str, Any]], cfg: JointTrainConfig, state: Path,

@@ -18,6 +18,14 @@ Resumable: the adapters, the optimizer, the step and the samplers' state are sav
 reader, lexical channel and config travel with it) and ends as a joint checkpoint folder with the RL adapters.
 
     ragless train rl --checkpoint checkpoints/joint --train data/qa/train-en-v4/train.parquet --out data/runs/rl
+    torchrun --nproc_per_node 4 -m ragless.cli train rl --train data/qa/train-en-v4/train.parquet --out data/runs/rl
+
+Under torchrun (`ragless.distributed`) the step's prompts are the same seeded draw on every rank and their groups are
+dealt to the ranks (every P-th prompt, whole groups: advantages are normalized within a group); each rank samples its
+rollouts from its own stream (rank 0's is the single process's: ``seed``, the others ``seed + rank``), the loss is
+divided by the number of rollouts learned from over all ranks and the adapters' gradients summed, so every rank takes
+the same update. Rank 0 logs the whole step's rewards and saves the state (every rank's sampler state in it). A run
+with P processes samples other rollouts than one process would: it is the same algorithm, not the same run.
 """
 
 from __future__ import annotations
@@ -81,6 +89,10 @@ class RLConfig:
             raise ValueError(f"reference must be 'sft' or 'base', got {self.reference!r}")
 
 
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def reward_columns(rows: list[dict[str, Any]], k: int) -> dict[str, list[Any]]:
     """The reward functions' columns for synthetic rows, as the model is shown them (the first ``k`` sources):
     evidence is the quoted sentence of the evidence source, when it is among those shown."""
@@ -119,30 +131,48 @@ def rollout_logprobs(generator, rollout, temperature: float, grad: bool):
 def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RLConfig | None = None,
              weights: RewardWeights | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or resume) the generator of the joint checkpoint ``checkpoint`` by GRPO into ``out``; returns the
-    last step's log entry."""
+    last step's log entry (on ranks other than 0 under torchrun: the step alone)."""
+    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+
+    with distributed.joined() as world:
+        return _train_rl(checkpoint, train, out, cfg, weights, log, world)
+
+
+def _train_rl(checkpoint, train, out, cfg, weights, log, world) -> dict[str, Any]:
+    import os
+
     import pyarrow.parquet as pq
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+    from ragless import distributed
     from retrieve_generate_model.joint import JointModel, Sampler
     from retrieve_generate_model.records import Source
 
     cfg, weights = cfg or RLConfig(), weights or RewardWeights()
+    if cfg.prompts_per_step < world.size:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} leaves some of the {world.size} processes "
+                         "without a group of rollouts")
+    if not world.main:
+        log = _silent
     out = Path(out)
     run = {"checkpoint": str(checkpoint), "train": str(train), "rl": asdict(cfg), "weights": asdict(weights)}
     state_file = out / STATE
-    if state_file.is_file():  # the same run, continued (``steps`` may grow: a run extended)
+    resuming = state_file.is_file()
+    if resuming:  # the same run, continued (``steps`` may grow: a run extended)
         saved = json.loads((out / "state" / "run.json").read_text())
         saved["rl"]["steps"] = cfg.steps
         if saved != json.loads(json.dumps(run)):
             raise ValueError(f"{out} holds an RL run with other settings; use another --out or remove {out / 'state'}")
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} exists and is not an RL run of ours: give a new folder")
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} exists and is not an RL run of ours: give a new folder")
+    distributed.barrier(world)  # every rank has looked at OUT before rank 0 fills it
+    if not resuming and world.main:
         shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns("state", "log.jsonl", "heldout.json"),
                         dirs_exist_ok=True)
         (out / "state").mkdir()
         (out / "state" / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    distributed.barrier(world)
 
     torch.manual_seed(cfg.seed)
     model = JointModel.load(out)
@@ -154,7 +184,7 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
         p.requires_grad_("lora_" in name and f".{REFERENCE}." not in name)
     params = [p for p in generator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sampler = Sampler(cfg.temperature, seed=cfg.seed)
+    sampler = Sampler(cfg.temperature, seed=cfg.seed + world.rank)  # each rank its own rollouts
     rows = [r for r in pq.read_table(train).to_pylist() if r["sources"]]
     if not rows:
         raise ValueError(f"{train} has no rows with sources")
@@ -164,15 +194,19 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
         state = torch.load(state_file, weights_only=False)
         set_peft_model_state_dict(generator, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
-        sampler.generator.set_state(state["sampler"])
+        samplers = state.get("samplers", [state["sampler"]])  # every rank's, when a run of as many ranks saved it
+        if len(samplers) == world.size:
+            sampler.generator.set_state(samplers[world.rank])
+        elif world.main:
+            sampler.generator.set_state(state["sampler"])
         order.setstate(state["order"])
         start = state["step"]
         log(f"resuming at step {start}/{cfg.steps}")
 
-    def save(step: int) -> None:
+    def save(step: int, samplers: list) -> None:
         tmp = state_file.with_suffix(".tmp")
         torch.save({"adapter": get_peft_model_state_dict(generator, adapter_name="default"),
-                    "optimizer": optimizer.state_dict(), "sampler": sampler.generator.get_state(),
+                    "optimizer": optimizer.state_dict(), "sampler": samplers[0], "samplers": samplers,
                     "order": order.getstate(), "step": step}, tmp)
         tmp.replace(state_file)
         generator.save_pretrained(str(out / "generator"), selected_adapters=["default"])
@@ -180,18 +214,19 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
 
     reward = ComposedReward(weights)
     entry: dict[str, Any] = {}
-    with (out / "rl_log.jsonl").open("a") as log_file:
+    with (out / "rl_log.jsonl").open("a") if world.main else open(os.devnull, "w") as log_file:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
-            batch = order.sample(rows, min(cfg.prompts_per_step, len(rows)))
-            group_rows = [r for r in batch for _ in range(cfg.group_size)]
+            batch = order.sample(rows, min(cfg.prompts_per_step, len(rows)))  # the same draw on every rank
+            group_rows = [r for r in world.shard(batch) for _ in range(cfg.group_size)]  # this rank's groups
             generator.eval()
             rollouts = [model.rollout(r["question"], [Source.from_dict(s) for s in r["sources"]], sampler)
                         for r in group_rows]
             totals = reward([r.completion for r in rollouts], **reward_columns(group_rows, model.config.k))
-            advantages = group_advantages(torch.tensor(totals).view(len(batch), cfg.group_size)).view(-1)
+            advantages = group_advantages(torch.tensor(totals).view(-1, cfg.group_size)).view(-1)
             t_sample = time.perf_counter() - t0
             learn = [i for i, r in enumerate(rollouts) if r.decisions]  # a tied group still pays its KL
+            n_learn = int(distributed.all_sum(world, [len(learn)])[0])  # over every rank
             with torch.no_grad(), reference_policy(generator, cfg.reference):
                 ref = {i: rollout_logprobs(generator, rollouts[i], cfg.temperature, grad=False) for i in learn}
             losses, parts = [], []
@@ -204,24 +239,37 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
                     old.setdefault(i, logp.detach())
                     loss, s = grpo_loss(logp, old[i], ref[i], advantages[i: i + 1], torch.ones_like(logp),
                                         cfg.clip, cfg.beta)
-                    (loss / len(learn)).backward()
+                    (loss / n_learn).backward()
                     losses.append(float(loss.detach()))
                     parts.append(s)
-                if learn:
+                distributed.sum_gradients(world, params)  # the whole step's gradient, on every rank
+                if n_learn:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
-            entry = {"step": step + 1, "reward": round(sum(totals) / len(totals), 4),
+            # the step as one process would log it: every rank's rollouts, rewards and losses
+            ranks = distributed.gather(world, {"totals": totals, "last": reward.last, "losses": losses,
+                                               "parts": [{k: float(p[k]) for k in ("kl", "clip_fraction", "ratio")}
+                                                         for p in parts],
+                                               "abstained": sum(r.answer.abstained for r in rollouts)})
+            totals_all = [t for r in ranks for t in r["totals"]]
+            losses_all, parts_all = [x for r in ranks for x in r["losses"]], [x for r in ranks for x in r["parts"]]
+            components = {k: [v for r in ranks for v in r["last"].get(k, [])] for k in reward.last}
+            entry = {"step": step + 1, "reward": round(sum(totals_all) / len(totals_all), 4),
                      "components": {k: (round(v, 4) if v is not None else None)
-                                    for k, v in log_means(reward.last).items()},
-                     "loss": round(sum(losses) / len(losses), 5) if losses else None,
-                     **{k: round(sum(p[k] for p in parts) / len(parts), 5) if parts else None
-                        for k in ("kl", "clip_fraction", "ratio")}, "learned_from": len(learn),
-                     "abstained": sum(r.answer.abstained for r in rollouts), "rollouts": len(rollouts),
+                                    for k, v in log_means(components).items()},
+                     "loss": round(sum(losses_all) / len(losses_all), 5) if losses_all else None,
+                     **{k: round(sum(p[k] for p in parts_all) / len(parts_all), 5) if parts_all else None
+                        for k in ("kl", "clip_fraction", "ratio")}, "learned_from": n_learn,
+                     "abstained": sum(r["abstained"] for r in ranks), "rollouts": len(totals_all),
                      "sample_s": round(t_sample, 1), "step_s": round(time.perf_counter() - t0, 1)}
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
-            log(json.dumps(entry))
+            if world.main:
+                log_file.write(json.dumps(entry) + "\n")
+                log_file.flush()
+                log(json.dumps(entry))
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save(step + 1)
+                samplers = distributed.gather(world, sampler.generator.get_state())
+                if world.main:
+                    save(step + 1, samplers)
+                distributed.barrier(world)
     generator.eval()
     return entry
