@@ -47,6 +47,14 @@ def _strip(report: dict) -> dict:
     return report
 
 
+def _have(path: Path, force: bool) -> bool:
+    """Whether ``path`` already holds this entry's report (kept unless ``force``)."""
+    if path.exists() and not force:
+        print(f"have {path.name}", file=sys.stderr)
+        return True
+    return False
+
+
 def _write(path: Path, report: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, ensure_ascii=False))
@@ -58,8 +66,7 @@ def joint_part(data: str, sft: str, rl: str, force: bool, only: str | None = Non
         if only and dataset != only:
             continue
         path = OUT / f"joint.{dataset}.json"
-        if path.exists() and not force:
-            print(f"have {path.name}", file=sys.stderr)
+        if _have(path, force):
             continue
         cfg = EvalConfig(dataset=dataset, data=data, corpus="articles", limit=limit, seed=0,
                          systems=(f"ragless@{sft}", f"ragless@{rl}"))
@@ -77,8 +84,7 @@ def segmenter_part(data: str, before: str, after: str, force: bool, only: str | 
         if only and dataset != only:
             continue
         path = OUT / f"segmenter.{dataset}.json"
-        if path.exists() and not force:
-            print(f"have {path.name}", file=sys.stderr)
+        if _have(path, force):
             continue
         t0 = time.perf_counter()
         runs = []

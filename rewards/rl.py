@@ -59,10 +59,7 @@ def reference_policy(generator, reference: str):
     try:
         yield
     finally:
-        generator.set_adapter("default")
-        for name, p in generator.named_parameters():  # set_adapter made "default" trainable, as it was
-            if f".{REFERENCE}." in name:
-                p.requires_grad_(False)
+        generator.set_adapter("default")  # peft: the active adapter trainable again, every other one frozen
 
 
 @dataclass(frozen=True)
