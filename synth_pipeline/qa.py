@@ -74,6 +74,10 @@ class QAConfig:
     swapped_fraction: float = 0.4  # of the unanswerables: the evidence kept whole, a name or number of the question
     #                                swapped for one of a retrieved segment that the evidence lacks (`swap_entity`)
     numeric_weight: float = 3.0  # odds of a date, year, number or measure being the answer against a name or thing
+    # 0: each question's sentence comes from the candidates' random order. N > 0: a sentence once chosen is asked
+    # about up to N of its spans, one after another: questions that share their sentence's words and differ in what
+    # they ask for, so that the reader must read the question word (not only find the gap) to choose the span
+    questions_per_sentence: int = 0
 
     def __post_init__(self) -> None:
         if self.cloze not in ("in-situ", "wh-cloze"):
@@ -82,6 +86,8 @@ class QAConfig:
             raise ValueError(f"swapped_fraction must be in [0, 1], got {self.swapped_fraction}")
         if not 0.0 <= self.drop_content_words < 1.0:
             raise ValueError(f"drop_content_words must be in [0, 1), got {self.drop_content_words}")
+        if self.questions_per_sentence < 0:
+            raise ValueError(f"questions_per_sentence must be >= 0, got {self.questions_per_sentence}")
         if self.shuffle_window < 0 or self.numeric_weight <= 0:
             raise ValueError(f"shuffle_window must be >= 0 and numeric_weight > 0, got {self.shuffle_window}, "
                              f"{self.numeric_weight}")
@@ -118,6 +124,18 @@ _WH_VARIANTS = {
 }
 _DETERMINERS = frozenset("the a an le la les un une".split())  # a preposition before one goes with them
 _NUMERIC_KINDS = frozenset(("date", "year", "number", "measure"))
+# last words of names that are not people's (`question_word`): places, buildings, bodies, events, works, titles
+_NAME_HEADS = frozenset(
+    "company corporation inc ltd group university college school institute academy society association union "
+    "council committee assembly senate parliament congress court party army navy league club team cup bowl "
+    "championship games olympics award awards prize medal stadium arena park bridge tower lighthouse castle palace "
+    "church cathedral abbey temple museum library hall theatre theater house building station airport hospital "
+    "centre center street road avenue square river lake sea ocean bay island islands mountain mountains mount "
+    "valley desert forest coast peninsula city county province state states kingdom empire republic region "
+    "war battle treaty act revolution dynasty network channel broadcasting records studios show series festival "
+    "day week conference agreement office department ministry agency bank exchange system project program "
+    "programme mission station protocol foundation trust fund church railway line".split()
+)
 _AUX = {"en": frozenset("was were is are has have had will would can could did does".split()),
         "fr": frozenset("est sont était étaient a ont avait peut doit".split())}
 _STARTERS = frozenset(
@@ -278,14 +296,27 @@ def in_situ_question(sentence: str, start: int, end: int, kind: str, lang: str, 
 
 def question_word(sentence: str, start: int, kind: str, span: str, lang: str) -> str:
     """The question word for a span: by its kind, and for names by what precedes them ("in Paris": Where) and their
-    shape ("Robert Stevenson": Who; "University of Chicago": What)."""
+    shape ("Robert Stevenson": Who; "University of Chicago", "the Walt Disney Company", "Levi's Stadium": What).
+
+    >>> [question_word(s, s.index(n), "name", n, "en") for s, n in [
+    ...     ("It was built by Robert Stevenson.", "Robert Stevenson"), ("He was born in Paris.", "Paris"),
+    ...     ("ABC is owned by the Walt Disney Company.", "Walt Disney Company"),
+    ...     ("They played at Levi's Stadium.", "Levi's Stadium"), ("They saw Skerryvore Lighthouse.",
+    ...     "Skerryvore Lighthouse")]]
+    ['Who', 'Where', 'What', 'Where', 'What']
+
+    A name whose last word says it is a place, a body or a thing (`_NAME_HEADS`: "Stadium", "Company", "Bowl"...)
+    or that follows "the" is not a person: asking "Who" about it would teach a reader that "Who" asks for any
+    capitalized words.
+    """
     if kind != "name":
         return _WH[lang][kind]
     before = _WORD.findall(sentence[:start])
     if before and before[-1].lower() in _PLACE_PREPOSITIONS:
         return _WH[lang]["place"]
     words = span.split()
-    if 2 <= len(words) <= 3 and all(w[:1].isupper() for w in words):
+    thing = words[-1].strip("'’s").lower() in _NAME_HEADS or (before and before[-1].lower() in _DETERMINERS)
+    if not thing and 2 <= len(words) <= 3 and all(w[:1].isupper() for w in words):
         return _WH[lang]["person"]
     return _WH[lang]["thing"]
 
@@ -474,11 +505,15 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         weight = {True: cfg.numeric_weight, False: 1.0}
         keys = [rng.random() ** (1.0 / weight[kind in _NUMERIC_KINDS]) for _, _, kind in candidates]
         candidates = [c for _, c in sorted(zip(keys, candidates), key=lambda kc: -kc[0])]
+    if cfg.questions_per_sentence:
+        candidates = by_sentence(candidates)
     noisy = cfg.vary_wh or cfg.drop_content_words > 0 or cfg.shuffle_window > 0
     drafts: list[_Draft] = []
     for sent, (a_start, a_end), kind in candidates:
         if len(drafts) >= cfg.questions_per_segment:
             break
+        if cfg.questions_per_sentence and sum(d.sentence == sent for d in drafts) >= cfg.questions_per_sentence:
+            continue
         sentence = text[sent[0]:sent[1]]
         start, end = a_start - sent[0], a_end - sent[0]
         question = fronted_question(sentence, start, end, kind, lang, cfg) if rng.random() < cfg.fronted else None
@@ -492,6 +527,19 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
             drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts), origin))
     return drafts
+
+
+def by_sentence(candidates: list[tuple]) -> list[tuple]:
+    """Candidates ``(sentence, span, kind)`` regrouped by sentence: each sentence's candidates together, in their
+    order, the sentences in the order of their first candidate.
+
+    >>> by_sentence([((0, 9), (1, 2), "a"), ((10, 20), (11, 12), "b"), ((0, 9), (3, 4), "c")])
+    [((0, 9), (1, 2), 'a'), ((0, 9), (3, 4), 'c'), ((10, 20), (11, 12), 'b')]
+    """
+    groups: dict[tuple[int, int], list[tuple]] = {}
+    for c in candidates:
+        groups.setdefault(c[0], []).append(c)
+    return [c for group in groups.values() for c in group]
 
 
 def proper_elsewhere(text: str, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from synth_pipeline.qa import (
     cloze_question,
     content_words,
     detect_lang,
+    draft_questions,
     fronted_question,
     in_situ_question,
     is_prose,
@@ -188,6 +190,28 @@ def test_numeric_weight_asks_for_more_dates_and_numbers_and_sentence_openers_are
     assert not proper_elsewhere("Add support for loaders. We add it.", "Add")
     assert proper_elsewhere("Tesla was born in Smiljan. His father moved Tesla.", "Tesla")
     assert proper_elsewhere("Santa Clara hosted it.", "Santa Clara")
+
+
+def test_questions_per_sentence_asks_one_sentence_about_several_of_its_spans():
+    text = ("The Bell Rock Lighthouse was built in 1810 by Robert Stevenson near Arbroath. Its light was first lit "
+            "on 1 February 1811 by the keeper John Reid. The tower rises 35 metres above the rock of Inchcape. "
+            "In 1843 the engineer Alan Stevenson built Skerryvore Lighthouse off the island of Tiree.")
+    segment = Source("seg", "doc", 0.0, text, 0, len(text), title="Bell Rock")
+
+    def shared(cfg: QAConfig) -> float:
+        """The share of seeds whose questions of the segment all ask about one sentence."""
+        drafts = [draft_questions(segment, cfg, seed) for seed in range(20)]
+        return sum(len(d) > 1 and len({x.sentence for x in d}) == 1 for d in drafts) / len(drafts)
+
+    grouped = QAConfig(questions_per_segment=2, questions_per_sentence=2, drop_content_words=0.0, vary_wh=False)
+    assert shared(grouped) > shared(dataclasses.replace(grouped, questions_per_sentence=0)) + 0.3
+    for seed in range(20):  # never more than questions_per_sentence about one sentence; different spans of it
+        drafts = draft_questions(segment, dataclasses.replace(grouped, questions_per_segment=6), seed)
+        for sent in {d.sentence for d in drafts}:
+            assert sum(d.sentence == sent for d in drafts) <= 2
+        assert len({d.answer_span for d in drafts}) == len(drafts)
+    with pytest.raises(ValueError, match="questions_per_sentence"):
+        QAConfig(questions_per_sentence=-1)
 
 
 def test_the_module_doctests_pass():
