@@ -6,7 +6,8 @@ with Retry-After); each client loops for the duration: mostly questions from dem
 replaced (POST /v1/documents, the same ids over and over) or listed. A client that gets 429 waits Retry-After seconds
 and goes on: those refusals are the intended back-pressure and are counted apart; any other non-2xx, or a failed
 connection, is an error. Reported: throughput, p50/p95/p99 latency per kind of request (and the time to the first
-streamed token), errors, and the server's peak RSS (sampled every 0.2 s).
+streamed token), errors, the server's peak RSS (sampled every 0.2 s) and the machine's load average at the start and
+the end of the run (other processes sharing the cores make every latency an upper bound: the section says so).
 
     python bench/serve_load.py                      # 16 clients for 60 s; writes bench/results/serve_load.json
     python bench/serve_load.py --clients 4 --duration 20 --no-record     # a quick look, nothing written
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -172,7 +174,9 @@ def main() -> None:
         sampler.start()
         print(f"{args.clients} clients for {args.duration:g} s ...", file=sys.stderr)
         load = Load(url, questions, args.duration, args.seed)
+        load_before = os.getloadavg()[0]  # 1-minute averages: of the minute before the run, and of its last minute
         wall = load.run(args.clients)
+        load_after = os.getloadavg()[0]
         stop.set()
         with httpx.Client(base_url=url) as c:
             metrics = c.get("/metrics").text
@@ -198,6 +202,7 @@ def main() -> None:
         "kinds": kinds, "peak_rss_mb": round(peak[0] / 2**20, 1),
         "server_rejected_total": float(re.search(r"^ragless_queue_rejected_total (\S+)", metrics, re.M).group(1)),
         "index": args.index or "demo/corpus (learned segmenter, lexical channel)", "note": args.note,
+        "load_average": {"start": round(load_before, 2), "end": round(load_after, 2)},
     }
     print(json.dumps(result, indent=1))
     if args.no_record:
@@ -219,7 +224,11 @@ def main() -> None:
           "waits for those ahead of it."
           + (f" {args.note}" if args.note else "")
           + f" Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, torch {m['torch']}, "
-          f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}.")
+          f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; "
+          + (f"**the cores were shared with other jobs** (load average {load_before:.1f} at the start of the run, "
+             f"{load_after:.1f} at its end, on {m['cores']} cores): the latencies are upper bounds."
+             if max(load_before, load_after) > 0.5 * m["cores"] else
+             f"otherwise idle (load average {load_before:.1f} at the start, {load_after:.1f} at the end)."))
     update_benchmarks_md("serve_load", md)
     print(f"wrote {path} and BENCHMARKS.md", file=sys.stderr)
 

@@ -1,13 +1,14 @@
 """The `ragless` command: a thin front door over `IngestJob`, `IndexWriter`, `IndexReader` and `Asker`.
 
     ragless ingest docs/ more.pdf --index my-index [--report report.json] [--prune] [--include '*.md']
-    ragless ask "How do I renew a passport?" --index my-index [-k 4] [--json]
+    ragless ask "How do I renew a passport?" --index my-index [-k 4] [--json] [--nprobe N] [--candidates N]
     ragless ask --index my-index --questions questions.txt      # one question per line, or JSON lines
     ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
     ragless compact --index my-index
     ragless info --index my-index
     ragless index build --index my-index --kind ivf-flat|ivf-pq|hnsw [--nlist N --m M --nbits B --hnsw-m M]
     ragless serve --index my-index [--host H] [--port P] [--api-keys keys.txt]   # HTTP endpoint and page
+    ragless serve --index my-index --nprobe 64 --candidates 200          # ANN search settings (ask takes them too)
     ragless eval --dataset squad-v2.0 --data ../shared/data --systems workflow-bm25,ragless --limit 200
     ragless synth segmentation docs/ --out data/segmentation        # training data from one's own documents
     ragless train segmenter --train data/segmentation/train.parquet --heldout data/segmentation/heldout.parquet \
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.readers import ReaderConfig
-from ragless.ann import AnnConfig
+from ragless.ann import AnnConfig, AnnSearchConfig
 from ragless.ask import AskConfig
 from ragless.baselines import FixedWindowConfig, FixedWindowSegmenter
 from ragless.components import DEFAULT_SEGMENTER
@@ -172,13 +173,30 @@ def _print_answer(question: str, answer, as_json: bool) -> None:
     print(f"   ({timings})", flush=True)
 
 
+def _add_ann_search_args(p: argparse.ArgumentParser) -> None:
+    """The flags of `AnnSearchConfig` (how an index with an ANN index is searched; `ragless index build` makes one)."""
+    add_dataclass_args(p, AnnSearchConfig, skip=("use",))
+    p.add_argument("--ann", dest="use", action=argparse.BooleanOptionalAction, default=None,
+                   help="search through the index's ANN index when it has one (default); --no-ann: exact search over "
+                        "every row")
+
+
+def _ann_search(args: argparse.Namespace, command: str) -> AnnSearchConfig:
+    config = from_args(AnnSearchConfig, args)
+    for name, least in (("nprobe", 1), ("ef_search", 1), ("candidates", 0)):  # FAISS errors on each question below
+        if getattr(config, name) < least:
+            raise UsageError(f"ragless {command}: --{name.replace('_', '-')} must be at least {least}, "
+                             f"got {getattr(config, name)}")
+    return config
+
+
 def _cmd_ask(args: argparse.Namespace) -> int:
     from ragless.ask import Asker
 
     if bool(args.question) == bool(args.questions):
         raise UsageError("ragless ask: give one QUESTION or --questions FILE")
     questions = [args.question] if args.question else list(_read_questions(args.questions))
-    asker = Asker(args.index, from_args(AskConfig, args))
+    asker = Asker(args.index, from_args(AskConfig, args, ann=_ann_search(args, "ask")))
     for question, answer in zip(questions, asker.ask_many(questions)):
         _print_answer(question, answer, args.json)
     return 0
@@ -391,7 +409,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         keys = load_keys(args.api_keys)
-        config = from_args(ServeConfig, args)
+        config = from_args(ServeConfig, args, ann=_ann_search(args, "serve"))
     except (APIKeyError, ValueError) as e:
         raise UsageError(f"ragless serve: {e}") from None
     if read_manifest(Path(args.index)) is None:
@@ -463,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", help="file of questions: one per line, or JSON lines with a 'question' field")
     p.add_argument("--json", action="store_true", help="one JSON record per answer")
     p.add_argument("-k", dest="k", type=int, help="sources per question (default: 4)")
+    _add_ann_search_args(p)
     p.set_defaults(func=_cmd_ask)
 
     p = sub.add_parser("delete", help="remove documents by id or by source path")
@@ -571,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys", help="file of API keys, one 'KEY SCOPE' per line (scope: read or admin); default: "
                    "RAGLESS_API_KEYS; without keys the server is open and binds to loopback only")
     add_dataclass_args(p, ServeConfig)
+    _add_ann_search_args(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("index", help="the approximate nearest-neighbour index of a large index (ragless/ann.py)")

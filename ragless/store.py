@@ -716,6 +716,16 @@ class IndexReader:
         group, offset = divmod(row, pf.metadata.row_group(0).num_rows)
         return _document_from_row(pf.read_row_group(group).slice(offset, 1).to_pylist()[0])
 
+    def segments_of(self, doc_id: str) -> list[Segment]:
+        """The live segments of ``doc_id`` in this generation, in order (by ordinal): read from its shard's segments,
+        already open for this reader, so later commits and their garbage collection do not disturb it."""
+        entry = self.catalog.get(doc_id)
+        if entry is None:
+            raise KeyError(f"no document {doc_id!r} in generation {self.generation}")
+        segs = self._segs[entry.shard]
+        rows = segs.filter(pc.equal(segs.column("doc_id"), doc_id)).to_pylist()  # a shard holds a doc_id once
+        return [Segment(**row) for row in sorted(rows, key=lambda r: r["ordinal"])]
+
     def documents(self) -> list[CatalogEntry]:
         return sorted(self.catalog.values(), key=lambda e: e.source)
 

@@ -8,7 +8,7 @@ Routes (the OpenAPI document at ``/openapi.json`` describes each one, its bodies
     POST   /v1/ask                    a question -> the Answer record (or Server-Sent Events with "stream": true)
     POST   /v1/documents              add or replace documents: JSON documents, or files as multipart/form-data
     GET    /v1/documents              the live documents (offset, limit, source_prefix)
-    GET    /v1/documents/{doc_id}     one document with its text and segments
+    GET    /v1/documents/{doc_id}     one document with its text and segments (the id may hold "/": docs/a.md)
     DELETE /v1/documents/{doc_id}     remove it
     GET    /healthz  /readyz  /metrics   liveness, readiness (models loaded), Prometheus metrics
     GET    /                          the page: ask, watch the answer stream, click a citation
@@ -42,7 +42,7 @@ from starlette.datastructures import UploadFile
 from ragless.serve import schemas as S
 from ragless.serve.auth import KeyRing, allows
 from ragless.serve.config import LOOPBACK, ServeConfig
-from ragless.serve.limits import BodyLimitMiddleware, doc_id_problem, filename_problem
+from ragless.serve.limits import DOC_ID_MAX_CHARS, BodyLimitMiddleware, doc_id_problem, filename_problem
 from ragless.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from ragless.serve.queue import QueueFull, WorkQueue
 from ragless.serve.service import BadDocuments, Filters, Service, documents_from_json, documents_from_uploads
@@ -199,9 +199,13 @@ def create_app(index: str | Path, config: ServeConfig | None = None, keys: KeyRi
         ]}}}
 
     @app.post("/v1/ask", response_model=S.AnswerOut, tags=["ask"],
-              responses={200: {"content": stream_doc}, **_errors(400, 401, 403, 413, 429, 503, 504)},
+              responses={200: {"content": stream_doc}, **_errors(400, 401, 403, 413, 422, 429, 503, 504)},
               summary="Answer a question with citations")
     async def ask(body: AskIn, _: None = Depends(require("read"))):
+        tokens = await run_in_threadpool(service.question_tokens, body.question)
+        if tokens > cfg.max_question_tokens:
+            raise HTTPException(422, f"the question is {tokens} tokens long (SmolLM2's tokenizer); the limit is "
+                                     f"{cfg.max_question_tokens}")
         filters = _filters(body)
         if not body.stream:
             answer, generation = await run_job("ask", service.ask, body.question, body.k, filters)
@@ -287,18 +291,19 @@ def create_app(index: str | Path, config: ServeConfig | None = None, keys: KeyRi
                 raise RequestValidationError(e.errors(include_input=False)) from None
             make, given = documents_from_json, [d.model_dump() for d in parsed.documents]
         elif mime == "multipart/form-data":
-            form = await request.form(max_files=cfg.max_documents, max_fields=cfg.max_documents)
-            unknown = sorted(set(form.keys()) - {"files"})
-            if unknown:
-                raise HTTPException(422, f"unknown form fields {unknown}: send the files as 'files'")
-            given = []
-            for item in form.getlist("files"):
-                if not isinstance(item, UploadFile):
-                    raise HTTPException(422, "'files' must be files (multipart parts with a filename)")
-                problem = filename_problem(item.filename)
-                if problem:
-                    raise HTTPException(400, problem)
-                given.append((item.filename, await item.read()))
+            # closed on the way out, refused or not: its parts' spooled temporary files go at once
+            async with request.form(max_files=cfg.max_documents, max_fields=cfg.max_documents) as form:
+                unknown = sorted(set(form.keys()) - {"files"})
+                if unknown:
+                    raise HTTPException(422, f"unknown form fields {unknown}: send the files as 'files'")
+                given = []
+                for item in form.getlist("files"):
+                    if not isinstance(item, UploadFile):
+                        raise HTTPException(422, "'files' must be files (multipart parts with a filename)")
+                    problem = filename_problem(item.filename)
+                    if problem:
+                        raise HTTPException(400, problem)
+                    given.append((item.filename, await item.read()))
             if not given:
                 raise HTTPException(422, "no files: send one or more parts named 'files'")
             make = documents_from_uploads
@@ -318,8 +323,10 @@ def create_app(index: str | Path, config: ServeConfig | None = None, keys: KeyRi
                        _: None = Depends(require("read"))):
         return service.list_documents(offset, limit, source_prefix)
 
-    doc_id_param = PathParam(description="a document id: no '/', '\\', control characters, nor '.' or '..'",
-                             min_length=1, max_length=256)
+    doc_id_param = PathParam(description=(
+        "a document id: the rest of the path, '/' included (`docs/a.md`; `docs%2Fa.md` is the same id); refused "
+        "with 400: a '.' or '..' part, a leading '/', an empty part ('a//b', a trailing '/'), a backslash or a "
+        "control character (percent-escaped ones too)"), min_length=1, max_length=DOC_ID_MAX_CHARS)
 
     def _checked(doc_id: str) -> str:
         problem = doc_id_problem(doc_id)
@@ -327,7 +334,7 @@ def create_app(index: str | Path, config: ServeConfig | None = None, keys: KeyRi
             raise HTTPException(400, problem)
         return doc_id
 
-    @app.get("/v1/documents/{doc_id}", response_model=S.DocumentOut, tags=["documents"],
+    @app.get("/v1/documents/{doc_id:path}", response_model=S.DocumentOut, tags=["documents"],
              responses=_errors(400, 401, 403, 404, 503), summary="One document, with its text and segments")
     def get_document(doc_id: str = doc_id_param, _: None = Depends(require("read"))):
         found = service.get_document(_checked(doc_id))
@@ -335,7 +342,7 @@ def create_app(index: str | Path, config: ServeConfig | None = None, keys: KeyRi
             raise HTTPException(404, f"no document {doc_id!r}")
         return found
 
-    @app.delete("/v1/documents/{doc_id}", response_model=S.Deleted, tags=["documents"],
+    @app.delete("/v1/documents/{doc_id:path}", response_model=S.Deleted, tags=["documents"],
                 responses=_errors(400, 401, 403, 404, 429, 503, 504), summary="Remove a document")
     async def delete_document(doc_id: str = doc_id_param, _: None = Depends(require("admin"))):
         generation = await run_job("delete", service.delete, _checked(doc_id))

@@ -12,22 +12,44 @@ import json
 import re
 from collections.abc import Callable
 
-# An id a client may give a new document: no path separators, no control characters, not "." or ".." (it cannot
-# start with a dot). Ids of documents ingested from files by `ragless ingest` are 16 hex digits, which match.
-NEW_DOC_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]{0,127}$"
-# An id looked up (GET, DELETE): what an index may hold (records of JSONL or Parquet files keep their own ids), less
-# what no id in a URL path may be.
+# An id a client may give a new document: one or more names joined by "/" ("docs/a.md": ids derived from paths
+# read well), each name starting with a letter, digit or "_" (so no "." or ".." and no hidden-file names), of the
+# characters below; no "\\", no control characters, no leading, trailing or doubled "/". At most 256 characters
+# (`DOC_ID_MAX_CHARS`, checked beside the pattern). Ids of documents ingested from files by `ragless ingest` are 16
+# hex digits, which match.
+NEW_DOC_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]*(/[A-Za-z0-9_][A-Za-z0-9_.:@+=~-]*)*$"
+# An id looked up (GET, DELETE /v1/documents/{doc_id}: the rest of the URL path, "/" included): what an index may hold
+# (records of JSONL or Parquet files keep their own ids), less what reads as a path trick.
 DOC_ID_MAX_CHARS = 256
-_BAD_ID_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+_BAD_ID_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
+_BAD_NAME_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")  # of an uploaded file's name: no "/" either
 FILENAME_MAX_CHARS = 255
 
 
 def doc_id_problem(doc_id: str) -> str | None:
-    """Why ``doc_id`` cannot name a document in a URL, or None when it can."""
+    """Why ``doc_id`` cannot name a document in a URL, or None when it can.
+
+    Ids are only ever keys of the catalog, never paths on disk; still, an id that reads as a path trick is refused
+    with its reason rather than looked up: a "." or ".." part, a leading "/" (absolute), an empty part ("a//b", a
+    trailing "/"), a backslash or a control character (NUL included). The URL's percent-escapes are decoded first
+    (``%2e%2e`` is ".."; ``%2F`` is "/"), so an escaped trick is the same trick.
+
+    >>> doc_id_problem("docs/a.md") is None
+    True
+    >>> doc_id_problem("docs/../etc/passwd")
+    "a document id has no '.' or '..' part"
+    """
     if not doc_id or len(doc_id) > DOC_ID_MAX_CHARS:
         return f"a document id has 1 to {DOC_ID_MAX_CHARS} characters"
-    if doc_id in (".", "..") or _BAD_ID_CHARS.search(doc_id):
-        return "a document id holds no '/', '\\\\' or control characters and is not '.' or '..'"
+    if _BAD_ID_CHARS.search(doc_id):
+        return "a document id holds no backslash or control characters"
+    if doc_id.startswith("/"):
+        return "a document id does not start with '/' (it is not an absolute path)"
+    parts = doc_id.split("/")
+    if any(part in (".", "..") for part in parts):
+        return "a document id has no '.' or '..' part"
+    if "" in parts:
+        return "a document id has no empty part (no '//', no trailing '/')"
     return None
 
 
@@ -38,7 +60,7 @@ def filename_problem(name: str | None) -> str | None:
         return "an uploaded file needs a file name (its suffix picks the reader)"
     if len(name) > FILENAME_MAX_CHARS:
         return f"file name longer than {FILENAME_MAX_CHARS} characters"
-    if name in (".", "..") or _BAD_ID_CHARS.search(name):
+    if name in (".", "..") or _BAD_NAME_CHARS.search(name):
         return "a file name holds no '/', '\\\\' or control characters (send the name, not a path)"
     return None
 

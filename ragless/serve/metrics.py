@@ -71,7 +71,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # the template without converters ("/v1/documents/{doc_id}"), as the OpenAPI document names it
+            route = getattr(scope.get("route"), "path_format", None) or "unmatched"
             method = scope.get("method", "")
             self.metrics.requests.labels(method, route, str(status[0])).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - t0)

