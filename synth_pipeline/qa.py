@@ -499,6 +499,9 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         for s, e, kind in answer_candidates(text[sent[0]:sent[1]], cfg.max_answer_words)
         if not (kind == "name" and s == 0 and not proper_elsewhere(text, text[sent[0] + s: sent[0] + e]))
     ]
+    people = surnames(text, lang)
+    candidates = [(sent, span, "person" if kind == "name" and text[span[0]:span[1]] in people else kind)
+                  for sent, span, kind in candidates]
     if cfg.numeric_weight == 1.0:
         rng.shuffle(candidates)
     else:  # a weighted random order (Efraimidis & Spirakis): numeric kinds come first more often
@@ -527,6 +530,23 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
         if round_trip(question, answer, text, sent, lang, cfg.min_shared_words):
             drafts.append(_Draft(segment, question, answer, kind, sent, (a_start, a_end), lang, len(drafts), origin))
     return drafts
+
+
+def surnames(text: str, lang: str) -> set[str]:
+    """The last words of the people's names a text writes in full: a text that says "Nikola Tesla" once and then
+    "Tesla" is asking "Who" when it asks for "Tesla" (`question_word` alone would say "What" for one word).
+
+    >>> sorted(surnames("Nikola Tesla worked for Thomas Edison at the Edison Machine Works. Tesla left.", "en"))
+    ['Edison', 'Tesla']
+    """
+    out = set()
+    for start, end in sentences(text):
+        sentence = text[start:end]
+        for s, e, kind in answer_candidates(sentence):
+            span = sentence[s:e]
+            if kind == "name" and " " in span and question_word(sentence, s, kind, span, lang) == _WH[lang]["person"]:
+                out.add(span.split()[-1])
+    return out
 
 
 def by_sentence(candidates: list[tuple]) -> list[tuple]:

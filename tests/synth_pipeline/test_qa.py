@@ -214,6 +214,17 @@ def test_questions_per_sentence_asks_one_sentence_about_several_of_its_spans():
         QAConfig(questions_per_sentence=-1)
 
 
+def test_a_surname_of_a_person_named_in_full_is_asked_with_who():
+    text = ("Nikola Tesla moved to New York in 1884 to work for Thomas Edison. Edison offered Tesla a job at his "
+            "Machine Works in Manhattan. Tesla left the company after six months over an unpaid bonus.")
+    segment = Source("seg", "doc", 0.0, text, 0, len(text), title="Tesla")
+    cfg = QAConfig(questions_per_segment=12, drop_content_words=0.0, vary_wh=False, fronted=0.0)
+    drafts = [d for seed in range(10) for d in draft_questions(segment, cfg, seed)]
+    alone = [d for d in drafts if d.answer in ("Tesla", "Edison")]
+    assert alone and all(d.kind == "person" and d.question.startswith("Who ") for d in alone)
+    assert all(d.kind != "person" for d in drafts if d.answer in ("New York", "Manhattan"))
+
+
 def test_the_module_doctests_pass():
     import doctest
 
