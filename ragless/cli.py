@@ -1,6 +1,7 @@
 """The `ragless` command: a thin front door over `IngestJob`, `IndexWriter`, `IndexReader` and `Asker`.
 
     ragless ingest docs/ more.pdf --index my-index [--report report.json] [--prune] [--include '*.md']
+    ragless ingest docs/ --index my-index --engine ray [--ray-address auto] [--segment-actors N --embed-actors N]
     ragless ask "How do I renew a passport?" --index my-index [-k 4] [--json] [--nprobe N] [--candidates N]
     ragless ask --index my-index --questions questions.txt      # one question per line, or JSON lines
     ragless delete --index my-index [--doc-id ID ...] [--source PATH ...]
@@ -36,6 +37,7 @@ from ragless.components import DEFAULT_SEGMENTER
 from ragless.config import add_dataclass_args, from_args, given_fields
 from ragless.eval.harness import EvalConfig
 from ragless.ingest import IngestConfig
+from ragless.ray_engine import EVAL_FIELDS, INGEST_FIELDS, RayConfig
 from ragless.serve.config import ServeConfig
 from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
@@ -46,6 +48,8 @@ from rewards.rl import RLConfig
 from rewards.segmenter_rl import SegmenterRLConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
+
+ENGINES = ("local", "ray")  # where ingestion and evaluation run: this process, or Ray Data (ragless/ray_engine.py)
 
 
 class UsageError(Exception):
@@ -73,6 +77,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from ragless.ingest import IngestJob
     from ragless.store import read_manifest
 
+    ray_config = _ray_engine("ingest", args)
     manifest = read_manifest(Path(args.index))
     window_flags = given_fields(FixedWindowConfig, args)
     try:
@@ -95,7 +100,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 raise ValueError(f"the checkpoint {args.lexical} has no lexical channel (no lexical/ folder)")
     except ValueError as e:
         raise UsageError(f"ragless ingest: {e}") from None
-    job = IngestJob(args.index, segmenter, encoder, config, lexical=lexical)
+    if ray_config is not None:
+        from ragless.ray_engine import RayIngestJob
+
+        job = RayIngestJob(args.index, segmenter, encoder, config, lexical=lexical, ray_config=ray_config)
+    else:
+        job = IngestJob(args.index, segmenter, encoder, config, lexical=lexical)
     report = job.run(args.paths, progress=not args.quiet)
     print(report.summary(), file=sys.stderr)
     if args.report:
@@ -202,15 +212,42 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_engine(command: str, args: argparse.Namespace):
+    """The Ray settings of ``--engine ray`` (None for the local engine), refusing Ray flags without it and saying
+    which extra to install when Ray is missing, before any model loads."""
+    ray_flags = given_fields(RayConfig, args)
+    if args.engine != "ray":
+        if ray_flags:
+            flags = ", ".join("--" + f.replace("_", "-") for f in ray_flags)
+            raise UsageError(f"ragless {command}: {flags} apply to --engine ray")
+        return None
+    from ragless.ray_engine import RayMissing, require_ray
+
+    try:
+        require_ray()
+    except RayMissing as e:
+        raise UsageError(f"ragless {command} --engine ray: {e}") from None
+    return from_args(RayConfig, args)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from ragless.eval.harness import EvalConfig, compare, evaluate, markdown, markdown_compare
 
+    ray_config = _ray_engine("eval", args)
     try:
         cfg = from_args(EvalConfig, args, segmenter_config=given_fields(FixedWindowConfig, args) or None)
     except ValueError as e:
         raise UsageError(f"ragless eval: {e}") from None
+    engine, session = None, nullcontext()
+    if ray_config is not None:
+        from ragless.ray_engine import RayQuestions, ray_session
+
+        engine, session = RayQuestions(ray_config), ray_session(ray_config)
     try:
-        report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr))
+        with session:
+            report = evaluate(cfg, progress=lambda msg: print(msg, file=sys.stderr), engine=engine)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"ragless eval: {e}") from None
     table = markdown(report)
@@ -470,9 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "weights a new index's words (default: the shipped one, when it has a channel); 'none' for dense "
                    "vectors alone; an existing index keeps what made it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="local: one process, a commit per batch "
+                   "(default); ray: reading, segmentation and embedding as Ray Data stages, one commit at the end "
+                   "(needs the [ray] extra; see ragless/ray_engine.py)")
     add_dataclass_args(p, IngestConfig)
     add_dataclass_args(p, ReaderConfig)
     add_dataclass_args(p, FixedWindowConfig)
+    add_dataclass_args(p, RayConfig, skip=EVAL_FIELDS)  # with --engine ray
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("ask", help="answer questions from an index, with citations")
@@ -500,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, FixedWindowConfig)  # with --segmenter fixed-window: its window
     p.add_argument("--out", help="write the JSON report here (and the table next to it as .md)")
     p.add_argument("--compare", action="store_true", help="paired bootstrap of each system against the first")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="local: questions answered in turn here "
+                   "(default); ray: answered and scored on Ray Data actors holding the answerer, retrieval here "
+                   "(needs the [ray] extra)")
+    add_dataclass_args(p, RayConfig, skip=INGEST_FIELDS)  # with --engine ray
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("synth", help="make training data from documents of known structure")

@@ -10,7 +10,9 @@ job killed at any point resumes where its last commit left it (unchanged documen
 With ``lexical`` (the shipped joint model's learned lexical channel), each segment's word weights are stored beside its
 dense vector, from the same forward pass, and `ragless ask` retrieves by the fused score.
 
-Command line: ``ragless ingest docs/ --index my-index --report report.json``.
+Command line: ``ragless ingest docs/ --index my-index --report report.json``. The per-batch functions below
+(`read_source`, `segment_batch`, `embed_batch`) are what every engine runs: ``--engine ray`` runs them as Ray Data
+stages and commits once (`ragless.ray_engine`), making the same index.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import os
 import resource
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from preprocess_model.document import Document, ReadFailure
+from preprocess_model.document import Document, ReadFailure, Segment
 from preprocess_model.readers import ReaderConfig, file_doc_id, is_container, iter_files, read_file
 from preprocess_model.segmenting import Segmenter
 from ragless.components import describe
@@ -113,6 +117,63 @@ def _under(source: str, root: str) -> bool:
     return source == root or source.startswith((root.rstrip("/") + "/", root + "#"))
 
 
+# -- the per-batch functions: what every engine runs (here in one process; `ragless.ray_engine` on Ray Data) -------
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A document the index already holds with the same bytes: counted, not read again."""
+
+    doc_id: str
+    source: str
+
+
+def read_source(path: Path, reader: ReaderConfig, known_sha: Callable[[str], str | None]
+                ) -> Iterator[Document | ReadFailure | Unchanged]:
+    """What one file gives ingestion: `Unchanged` for a document whose bytes the index holds already (for a
+    single-document file, decided by the file's hash without parsing it), else `read_file`'s documents and failures.
+
+    ``known_sha(doc_id)``: the sha256 the index holds for a document, None when it has none.
+    """
+    if not is_container(path):
+        doc_id = file_doc_id(path)
+        known = known_sha(doc_id)
+        try:
+            if known is not None and known == _file_sha256(path):  # unchanged: no need to parse it
+                yield Unchanged(doc_id, os.path.realpath(path))  # the source the index holds
+                return
+        except OSError:
+            pass  # unreadable: read_file reports why
+    for item in read_file(path, reader):
+        if isinstance(item, Document) and known_sha(item.doc_id) == item.sha256:
+            yield Unchanged(item.doc_id, item.source)
+        else:
+            yield item
+
+
+def segment_batch(segmenter: Segmenter, docs: Sequence[Document]) -> list[list[Segment]]:
+    """One list of segments per document: the segmenter's cuts of a batch."""
+    return segmenter.segment(docs)
+
+
+def embed_batch(encoder: Encoder, lexical, docs: Sequence[Document], segments: Sequence[Sequence[Segment]]
+                ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]] | None]:
+    """(vectors (segments in batch, D) float32 unit norm, lexical vectors or None): the embeddings of a batch's
+    segments in order, each seen with its document's title and its section path (`passage_text`); with the learned
+    lexical channel, both from one forward pass of the same token states."""
+    texts = [passage_text(s.text, d.title, s.section) for d, segs in zip(docs, segments) for s in segs]
+    if lexical is None:
+        return encoder.embed_passages(texts), None
+    from retrieve_generate_model.lexical import encode
+
+    return encode(encoder, lexical, texts, "passage")
+
+
+def batch_full(n_docs: int, n_chars: int, config: IngestConfig) -> bool:
+    """Whether a batch of ``n_docs`` documents holding ``n_chars`` characters is ready to be written as a shard."""
+    return n_docs >= config.batch_docs or n_chars >= config.batch_chars
+
+
 class IngestJob:
     def __init__(self, index: str | Path, segmenter: Segmenter, encoder: Encoder, config: IngestConfig | None = None,
                  lexical=None):
@@ -185,21 +246,29 @@ class _Run:
 
     def ingest_file(self, path: Path) -> None:
         self.report.files += 1
-        if not is_container(path):
-            doc_id = file_doc_id(path)
-            entry = self.writer.catalog.get(doc_id)
-            try:
-                if entry is not None and entry.sha256 == _file_sha256(path):  # unchanged: no need to parse it
-                    self._unchanged(doc_id, entry.source)
-                    return
-            except OSError:
-                pass  # unreadable: read_file reports why
-        for item in read_file(path, self.job.cfg.reader):
+        for item in read_source(path, self.job.cfg.reader, self._known_sha):
             if isinstance(item, ReadFailure):
                 self.failed_files.add(str(path.resolve()))
                 self.fail(item)
+            elif isinstance(item, Unchanged):
+                self.unchanged(item.doc_id, item.source)
             else:
                 self.add(item)
+
+    def _known_sha(self, doc_id: str) -> str | None:
+        entry = self.writer.catalog.get(doc_id)
+        return None if entry is None else entry.sha256
+
+    def admit(self, doc_id: str, source: str) -> bool:
+        """Whether this run sees ``doc_id`` for the first time; a second sighting is reported and skipped."""
+        if doc_id in self.seen:
+            self.fail(ReadFailure(source, f"duplicate doc_id {doc_id!r}, already read from {self.seen[doc_id]}"))
+            return False
+        return True
+
+    def unchanged(self, doc_id: str, source: str) -> None:
+        if self.admit(doc_id, source):
+            self._unchanged(doc_id, source)
 
     def _unchanged(self, doc_id: str, source: str) -> None:
         self.seen[doc_id] = source
@@ -207,18 +276,15 @@ class _Run:
         self.bar.update(1)
 
     def add(self, doc: Document) -> None:
-        if doc.doc_id in self.seen:
-            first = self.seen[doc.doc_id]
-            self.fail(ReadFailure(doc.source, f"duplicate doc_id {doc.doc_id!r}, already read from {first}"))
+        if not self.admit(doc.doc_id, doc.source):
             return
-        entry = self.writer.catalog.get(doc.doc_id)
-        if entry is not None and entry.sha256 == doc.sha256:
+        if self._known_sha(doc.doc_id) == doc.sha256:
             self._unchanged(doc.doc_id, doc.source)
             return
         self.seen[doc.doc_id] = doc.source
         self.pending.append(doc)
         self.pending_chars += len(doc.text)
-        if len(self.pending) >= self.job.cfg.batch_docs or self.pending_chars >= self.job.cfg.batch_chars:
+        if batch_full(len(self.pending), self.pending_chars, self.job.cfg):
             self.flush()
 
     def flush(self) -> None:
@@ -226,28 +292,25 @@ class _Run:
         if not self.pending:
             return
         docs, self.pending, self.pending_chars = self.pending, [], 0
-        segments = self.job.segmenter.segment(docs)
-        texts = [passage_text(s.text, d.title, s.section) for d, segs in zip(docs, segments) for s in segs]
-        lexical = None
-        if self.job.lexical is None:
-            vectors = self.job.encoder.embed_passages(texts)  # (segments in batch, D)
-        else:  # one forward pass for both: the dense vectors and the word weights of the same token states
-            from retrieve_generate_model.lexical import encode
-
-            vectors, lexical = encode(self.job.encoder, self.job.lexical, texts, "passage")
+        segments = segment_batch(self.job.segmenter, docs)
+        vectors, lexical = embed_batch(self.job.encoder, self.job.lexical, docs, segments)
         replaced = sum(d.doc_id in self.writer.catalog for d in docs)
         self.writer.add_shard(docs, segments, vectors, lexical)
         crashpoint("after-shard")
         self.writer.commit()
-        self.report.documents_replaced += replaced
-        self.report.documents_added += len(docs) - replaced
-        self.report.segments_added += len(texts)
-        self.bar.update(len(docs))
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        segments = self.report.segments_added
-        self.bar.set_postfix(segments=segments, seg_per_s=f"{segments / elapsed:.1f}")
-        del docs, texts, vectors, lexical
+        self.counted(len(docs), replaced, len(vectors))
+        del docs, segments, vectors, lexical
         release_freed_memory()
+
+    def counted(self, documents: int, replaced: int, segments: int) -> None:
+        """Count documents written (``replaced`` of them replacing indexed ones) and their segments."""
+        self.report.documents_replaced += replaced
+        self.report.documents_added += documents - replaced
+        self.report.segments_added += segments
+        self.bar.update(documents)
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(segments=self.report.segments_added,
+                             seg_per_s=f"{self.report.segments_added / elapsed:.1f}")
 
     def prune(self, roots: Iterable[str]) -> int:
         """Delete indexed documents under ``roots`` that this run did not see (files removed since)."""

@@ -16,7 +16,9 @@ A writer never changes a file that a manifest names. It writes new shard files, 
 `manifest.json` with `os.replace` (atomic on POSIX). A process killed at any point leaves the last committed
 generation intact; the files it wrote but never committed are unreferenced and removed when the next writer opens the
 index. Rows of a replaced or deleted document stay in their shard until `compact` rewrites it, but the catalog no
-longer points at them, so readers ignore them.
+longer points at them, so readers ignore them. Shard files may also be written by other processes for the writer to
+adopt (`write_shard`, `IndexWriter.adopt_shard`: the Ray engine's workers, `ragless.ray_engine`); only the writer
+commits.
 
 Readers open everything a manifest names when they are made (Parquet and vectors memory-mapped, read-only), so a
 later commit or garbage collection never changes what an open reader sees (an unlinked file stays readable through its
@@ -34,6 +36,7 @@ process is killed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import errno
 import fcntl
@@ -41,7 +44,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,6 +271,60 @@ def _document_from_row(row: dict[str, Any]) -> Document:
     )
 
 
+@dataclass
+class WrittenShard:
+    """The files of one shard, written by `write_shard`, and what a writer needs to adopt them
+    (`IndexWriter.adopt_shard`): its manifest record and a catalog entry per document, in row order."""
+
+    record: dict[str, Any]  # {"id", "documents", "segments"} (+ "lexical": True): the manifest's entry for it
+    entries: list[CatalogEntry]
+
+
+def write_shard_tables(root: Path, dim: int, docs: pa.Table, segments: pa.Table, vectors: np.ndarray,
+                       lexical: pa.Table | None = None) -> dict[str, Any]:
+    """Write the immutable files of a new shard under the index folder ``root`` (documents, segments row-aligned
+    with the (segments, ``dim``) vectors and the lexical vectors) and return its manifest record; each file is whole
+    or absent. No manifest names it yet (see `IndexWriter.adopt_shard`)."""
+    shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    vindex = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        vindex.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    root = Path(root)
+    _write_parquet(root / "documents" / f"{shard}.parquet", docs, DOC_ROW_GROUP)
+    _write_parquet(root / "segments" / f"{shard}.parquet", segments)
+    _write_faiss(root / "vectors" / f"{shard}.faiss", vindex)
+    record: dict[str, Any] = {"id": shard, "documents": docs.num_rows, "segments": segments.num_rows}
+    if lexical is not None:
+        _write_parquet(root / "lexical" / f"{shard}.parquet", lexical)
+        record["lexical"] = True
+    return record
+
+
+def write_shard(root: str | Path, dim: int, docs: Sequence[Document], segments: Sequence[Sequence[Segment]],
+                vectors: np.ndarray, lexical: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> WrittenShard:
+    """Write one shard of ``docs`` into the index folder ``root`` (made by an `IndexWriter`), for a writer to adopt.
+
+    segments: one list per document; vectors: (total segments, ``dim``) float32 in the same order; lexical: one
+    (word-piece ids, weights) pair per segment in the same order, or None. Any process may call it, several at once
+    (shard ids are unique): `IndexWriter.add_shard` does, and so do the writers of `ragless.ray_engine`, whose shards
+    the one writer adopts and commits.
+    """
+    flat = [s for segs in segments for s in segs]
+    if len(docs) != len(segments):
+        raise ValueError(f"{len(docs)} documents but {len(segments)} segment lists")
+    if vectors.shape != (len(flat), dim):
+        raise ValueError(f"vectors {vectors.shape} do not match {len(flat)} segments of dim {dim}")
+    if len({d.doc_id for d in docs}) != len(docs):
+        raise ValueError("a shard cannot hold the same doc_id twice")
+    if lexical is not None and len(lexical) != len(flat):
+        raise ValueError(f"{len(lexical)} lexical vectors for {len(flat)} segments")
+    record = write_shard_tables(root, dim, _documents_table(docs), _segments_table(flat), vectors,
+                                None if lexical is None else _lexical_table(lexical))
+    entries = [CatalogEntry(d.doc_id, d.source, d.sha256, d.title, record["id"], len(segs), len(d.text))
+               for d, segs in zip(docs, segments)]
+    return WrittenShard(record, entries)
+
+
 class IndexWriter:
     """The single writer of an index directory: stages shards and deletions, then commits a new generation.
 
@@ -354,43 +411,53 @@ class IndexWriter:
         (word-piece ids, weights) pair per segment in the same order, required exactly when the index has a
         "lexical" component. Returns the shard id. Nothing is visible to readers before `commit`.
         """
-        flat = [s for segs in segments for s in segs]
-        if len(docs) != len(segments):
-            raise ValueError(f"{len(docs)} documents but {len(segments)} segment lists")
-        if vectors.shape != (len(flat), self.dim):
-            raise ValueError(f"vectors {vectors.shape} do not match {len(flat)} segments of dim {self.dim}")
-        if len({d.doc_id for d in docs}) != len(docs):
-            raise ValueError("a shard cannot hold the same doc_id twice")
         if (lexical is not None) != self.lexical:
             raise ValueError("lexical vectors are required for an index with a lexical component, and refused "
                              "without one" if self.lexical else f"{self.root} has no lexical component")
-        if lexical is not None and len(lexical) != len(flat):
-            raise ValueError(f"{len(lexical)} lexical vectors for {len(flat)} segments")
-        shard = self._write_shard(_documents_table(docs), _segments_table(flat), vectors,
-                                  None if lexical is None else _lexical_table(lexical))
-        for doc, segs in zip(docs, segments):
-            self.catalog[doc.doc_id] = CatalogEntry(
-                doc.doc_id, doc.source, doc.sha256, doc.title, shard, len(segs), len(doc.text)
-            )
+        return self.adopt_shard(write_shard(self.root, self.dim, docs, segments, vectors, lexical))
+
+    def adopt_shard(self, shard: WrittenShard, doc_ids: Container[str] | None = None) -> str:
+        """Stage a shard that `write_shard` wrote into this index, in this process or another (the workers of
+        `ragless.ray_engine`): its documents join the catalog (replacing same-id ones), only those in ``doc_ids``
+        when given (the others' rows stay dead in the shard until `compact`). Checks that its files are there and
+        whole. Returns the shard id; nothing is visible to readers before `commit`.
+
+        The files of a shard no manifest names are garbage for `collect_garbage`, which runs when a writer opens and
+        after each commit: write shards for a writer while it holds the lock, and adopt them before its next commit.
+        """
+        record = shard.record
+        sid = record["id"]
+        if bool(record.get("lexical")) != self.lexical:
+            raise ValueError(f"shard {sid} {'has' if record.get('lexical') else 'lacks'} lexical vectors; "
+                             f"{self.root} {'has a' if self.lexical else 'has no'} lexical component")
+        try:
+            found = {"documents": pq.read_metadata(self.root / "documents" / f"{sid}.parquet").num_rows,
+                     "segments": pq.read_metadata(self.root / "segments" / f"{sid}.parquet").num_rows}
+            vectors = read_faiss(self.root / "vectors" / f"{sid}.faiss")
+            if self.lexical:
+                found["lexical"] = pq.read_metadata(self.root / "lexical" / f"{sid}.parquet").num_rows
+        except (FileNotFoundError, OSError) as e:
+            raise StoreError(f"shard {sid} is not in {self.root}: {e}") from e
+        expected = {"documents": record["documents"], "segments": record["segments"]}
+        if self.lexical:
+            expected["lexical"] = record["segments"]
+        if found != expected or (vectors.ntotal, vectors.d) != (record["segments"], self.dim):
+            raise StoreError(f"shard {sid} does not hold what its record says: {found}, {vectors.ntotal} vectors of "
+                             f"dim {vectors.d}; expected {expected} and dim {self.dim}")
+        self.shards[sid] = dict(record)
+        for entry in shard.entries:
+            if doc_ids is None or entry.doc_id in doc_ids:
+                self.catalog[entry.doc_id] = dataclasses.replace(entry, shard=sid)
         self._dirty = True
-        return shard
+        return sid
 
     def _write_shard(self, docs: pa.Table, segments: pa.Table, vectors: np.ndarray,
                      lexical: pa.Table | None = None) -> str:
         """Write the files of a new shard (segments row-aligned with vectors and lexical vectors) and register it;
         returns its id."""
-        shard = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        vindex = faiss.IndexFlatIP(self.dim)
-        if len(vectors):
-            vindex.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        _write_parquet(self.root / "documents" / f"{shard}.parquet", docs, DOC_ROW_GROUP)
-        _write_parquet(self.root / "segments" / f"{shard}.parquet", segments)
-        _write_faiss(self.root / "vectors" / f"{shard}.faiss", vindex)
-        self.shards[shard] = {"id": shard, "documents": docs.num_rows, "segments": segments.num_rows}
-        if lexical is not None:
-            _write_parquet(self.root / "lexical" / f"{shard}.parquet", lexical)
-            self.shards[shard]["lexical"] = True
-        return shard
+        record = write_shard_tables(self.root, self.dim, docs, segments, vectors, lexical)
+        self.shards[record["id"]] = record
+        return record["id"]
 
     def set_ann(self, entry: dict[str, Any] | None) -> None:
         """Stage the ANN index that the next commit records (its files already written under ann/), or None to

@@ -160,10 +160,12 @@ class PeakRSS:
         self._sample()
 
 
-def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None) -> SystemResult:
-    """``answerers``: a `Answerers` (or a single answerer for every system); None when retrieval only."""
+def run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None,
+               engine=None) -> SystemResult:
+    """``answerers``: a `Answerers` (or a single answerer for every system); None when retrieval only.
+    ``engine``: where questions are answered and scored (`ragless.ray_engine.RayQuestions`); None: here, in turn."""
     with PeakRSS() as rss:
-        result = _run_system(name, evalset, cfg, answerers, encoder)
+        result = _run_system(name, evalset, cfg, answerers, encoder, engine)
     result.metrics["peak_rss_mb"] = round(rss.peak_mb, 1)
     return result
 
@@ -182,10 +184,41 @@ class Answerers:
         return self._loaded[name]
 
 
-def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None) -> SystemResult:
+def question_row(q: EvalQuestion, sources: list[Source], retrieve_s: float, cfg: EvalConfig, unit: str,
+                 ks: tuple[int, ...], answerer, document) -> dict[str, Any]:
+    """One question's row of a report: its retrieval scored, and, with an ``answerer`` (None: retrieval only), its
+    answer from the first ``cfg.answer_k`` sources, scored; ``document(doc_id)``: the corpus's `Document`. The
+    function every engine runs per question (here in a loop; `ragless.ray_engine` on Ray Data actors)."""
+    timings = {"retrieve_s": retrieve_s}
+    stages: dict[str, float] = {}  # the answerer's own stages, within answer_s (the joint model: read_s, ...)
+    row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit, ks)}
+    row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
+    if answerer is not None:
+        doc_texts = {s.doc_id: document(s.doc_id).text for s in sources[: cfg.answer_k]}
+        t1 = time.perf_counter()
+        answer = answerer.answer(q.question, sources[: cfg.answer_k], doc_texts)
+        timings["answer_s"] = time.perf_counter() - t1
+        stages = {f"answer.{k}": v for k, v in answer.timings.items()}
+        doc_texts |= {c.doc_id: document(c.doc_id).text for c in answer.citations}
+        row.update(score_answer(q, answer, doc_texts))
+        row["answer"] = answer.text
+        row["abstained"] = answer.abstained
+        row["citations"] = [[c.doc_id, c.char_start, c.char_end] for c in answer.citations]
+    timings["total_s"] = sum(timings.values())
+    row["timings"] = {k: round(v, 4) for k, v in {**timings, **stages}.items()}
+    return row
+
+
+def _retrieve(system, q: EvalQuestion, k: int) -> tuple[list[Source], float]:
+    t0 = time.perf_counter()
+    sources = system.retrieve([q.question], k)[0]
+    return sources, time.perf_counter() - t0
+
+
+def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, encoder=None,
+                engine=None) -> SystemResult:
     lang = evalset.questions[0].lang if evalset.questions else "en"
     system = make_system(name, lang=lang, encoder=encoder)
-    answerer = answerers.get(system.answerer) if isinstance(answerers, Answerers) else answerers
     if cfg.corpus == "gold":
         segmenter = PassageSegmenter(evalset.passages)
     elif cfg.segmenter:
@@ -196,28 +229,15 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, en
         segmenter = default_segmenter(system)
     build = {**system.build(evalset.documents, segmenter), "segmenter": segmenter.name}
     unit, ks = _unit(evalset.name), cutoffs(cfg.k)
+    if engine is not None:  # retrieval here, answering and scoring on the engine's workers
+        retrieved = [_retrieve(system, q, cfg.k) for q in evalset.questions]
+        rows = engine.question_rows(evalset, retrieved, cfg, unit, ks, None if cfg.retrieval_only else system.answerer)
+        return summarize(name, evalset.name, cfg, rows, build)
+    answerer = answerers.get(system.answerer) if isinstance(answerers, Answerers) else answerers
     rows = []
     for q in evalset.questions:
-        t0 = time.perf_counter()
-        sources = system.retrieve([q.question], cfg.k)[0]
-        timings = {"retrieve_s": time.perf_counter() - t0}
-        stages: dict[str, float] = {}  # the answerer's own stages, within answer_s (the joint model: read_s, ...)
-        row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit, ks)}
-        row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
-        if not cfg.retrieval_only:
-            doc_texts = {s.doc_id: evalset.document(s.doc_id).text for s in sources[: cfg.answer_k]}
-            t1 = time.perf_counter()
-            answer = answerer.answer(q.question, sources[: cfg.answer_k], doc_texts)
-            timings["answer_s"] = time.perf_counter() - t1
-            stages = {f"answer.{k}": v for k, v in answer.timings.items()}
-            doc_texts |= {c.doc_id: evalset.document(c.doc_id).text for c in answer.citations}
-            row.update(score_answer(q, answer, doc_texts))
-            row["answer"] = answer.text
-            row["abstained"] = answer.abstained
-            row["citations"] = [[c.doc_id, c.char_start, c.char_end] for c in answer.citations]
-        timings["total_s"] = sum(timings.values())
-        row["timings"] = {k: round(v, 4) for k, v in {**timings, **stages}.items()}
-        rows.append(row)
+        sources, retrieve_s = _retrieve(system, q, cfg.k)
+        rows.append(question_row(q, sources, retrieve_s, cfg, unit, ks, answerer, evalset.document))
     return summarize(name, evalset.name, cfg, rows, build)
 
 
@@ -250,10 +270,13 @@ def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, A
     return SystemResult(system, dataset, cfg.corpus, len(rows), metrics, ci, build, rows)
 
 
-def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
-    """Run every system of ``cfg`` on its dataset; the report that `ragless eval --out` writes."""
+def evaluate(cfg: EvalConfig, progress=print, engine=None) -> dict[str, Any]:
+    """Run every system of ``cfg`` on its dataset; the report that `ragless eval --out` writes.
+
+    ``engine``: where the questions are answered and scored, e.g. ``RayQuestions(RayConfig())`` of
+    `ragless.ray_engine` (the report then names it under "engine"); None: in this process, one after another."""
     evalset = load(cfg.dataset, cfg.data, limit=cfg.limit or None, seed=cfg.seed)
-    answerers = None if cfg.retrieval_only else Answerers()
+    answerers = None if cfg.retrieval_only or engine is not None else Answerers()
     encoder = None
     if "workflow-dense" in cfg.systems or any(s.startswith("ragless") for s in cfg.systems):
         from retrieve_generate_model.encoder import Encoder
@@ -263,10 +286,11 @@ def evaluate(cfg: EvalConfig, progress=print) -> dict[str, Any]:
     for name in cfg.systems:
         t0 = time.perf_counter()
         progress(f"{cfg.dataset} [{cfg.corpus}] {name}: {len(evalset.questions)} questions ...")
-        results.append(run_system(name, evalset, cfg, answerers, encoder))
+        results.append(run_system(name, evalset, cfg, answerers, encoder, engine))
         progress(f"  done in {time.perf_counter() - t0:.0f}s")
     return {
         "config": asdict(cfg),
+        **({"engine": engine.describe()} if engine is not None else {}),
         "dataset": {"name": evalset.name, "source": evalset.source, "unit": _unit(evalset.name)},
         "results": [asdict(r) for r in results],
     }
