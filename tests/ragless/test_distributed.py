@@ -76,18 +76,44 @@ def write_rows(path: Path) -> None:
 
 
 def run(tmp_path: Path, out: Path, processes: int, die_after_step: int = 0) -> None:
+    """TRAIN under torchrun with ``processes`` processes (one intra-op thread each)."""
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
     args = [str(tmp_path / "rows.parquet"), str(out), json.dumps(asdict(CFG)), json.dumps(asdict(SMALL))]
-    if processes == 1:
-        cmd = [sys.executable, str(script), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               str(script), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+           str(script), *args]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env |= {"OMP_NUM_THREADS": "1", "DIE_AFTER_STEP": str(die_after_step)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert (proc.returncode != 0) == bool(die_after_step), proc.stderr[-4000:]
+
+
+def run_one_process(tmp_path: Path, out: Path, monkeypatch) -> None:
+    """What TRAIN does in one process, run in this one (no interpreter to start, no torch and MiniLM to load again):
+    the same recorded model without dropout, with one intra-op thread as TRAIN's processes have, so that each
+    window's arithmetic is theirs."""
+    import preprocess_model.train as train
+
+    made = []
+
+    class Recorded(train.SegmentationModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for module in self.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+            made.append(self)
+
+    monkeypatch.setattr(train, "SegmentationModel", Recorded)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # a world of one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train.train_segmenter(tmp_path / "rows.parquet", tmp_path / "rows.parquet", out, CFG, SMALL,
+                              log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    torch.save(made[-1].trainable_state(), out / "rank0-of-1.pt")
 
 
 def losses(out: Path) -> list[float]:
@@ -101,10 +127,10 @@ def test_a_world_of_one_shards_nothing():
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_stay_in_sync_and_match_one_process_on_the_global_batch(tmp_path):
+def test_two_gloo_processes_stay_in_sync_and_match_one_process_on_the_global_batch(tmp_path, monkeypatch):
     write_rows(tmp_path / "rows.parquet")
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    run(tmp_path, single, processes=1)
+    run_one_process(tmp_path, single, monkeypatch)
     run(tmp_path, ddp, processes=2, die_after_step=2)  # rank 0 killed after saving step 2: torchrun ends them all
     assert torch.load(ddp / "state" / "state.pt")["step"] == 2 and not list(ddp.glob("rank*.pt"))
     run(tmp_path, ddp, processes=2)  # the same command again resumes at step 2
@@ -136,12 +162,12 @@ TRAIN_JOINT = textwrap.dedent(
             made.append(self)
 
     train.JointModel = Recorded
-    folder, out = sys.argv[1], sys.argv[2]
-    cfg = train.JointTrainConfig(epochs=2, grad_accum=4, lr=2e-3, warmup_steps=0, checkpoint_every=4,
-                                 heldout_examples=1, calibrate=False, head_examples=0, reader_epochs=0,
-                                 retriever_examples=0)
-    model_cfg = JointConfig(lora_layers=2, lora_r=4, max_source_tokens=48)
-    train.train_joint(f"{folder}/train.parquet", f"{folder}/heldout.parquet", out, cfg, model_cfg, log=lambda m: None)
+    train_rows, heldout, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    # the generator's settings of the one-process run; of the later stages, rank 0 runs the evaluation alone
+    cfg = train.JointTrainConfig(**{**json.loads(sys.argv[4]), "calibrate": False, "head_examples": 0,
+                                    "reader_epochs": 0, "retriever_examples": 0})
+    model_cfg = JointConfig.from_dict(json.loads(sys.argv[5]))
+    train.train_joint(train_rows, heldout, out, cfg, model_cfg, log=lambda m: None)
     state = {k: v.float() for k, v in get_peft_model_state_dict(made[-1].generator).items()}
     torch.save(state, f"{out}/rank{os.environ.get('RANK', '0')}-of-{os.environ.get('WORLD_SIZE', '1')}.pt")
     """
@@ -149,45 +175,35 @@ TRAIN_JOINT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_the_joint_generator_trained_by_two_processes_is_the_one_process_generator(tmp_path):
-    from synth_pipeline.qa import QAConfig, write_examples
+def test_the_joint_generator_trained_by_two_processes_is_the_one_process_generator(tmp_path, tiny_joint):
+    """Two torchrun processes train the generator of tests/conftest.py's `tiny_joint` (the one-process run: its
+    saved adapters and log) on its rows with its settings."""
+    from safetensors.torch import load_file
 
-    rows = []
-    for n in range(6):  # the rows of tests/retrieve_generate_model/test_joint.py
-        text = f"The station number {n} was opened in 19{50 + n} by the mayor of Town{n}."
-        start = text.index(f"19{50 + n}")
-        source = {"seg_id": f"s{n}", "doc_id": f"d{n}", "title": "", "section": "", "text": text, "char_start": 0,
-                  "char_end": len(text), "score": 1.0}
-        rows.append({"example_id": f"e{n}", "doc_id": f"d{n}", "seg_id": f"s{n}", "lang": "en",
-                     "question": f"In what year was station number {n} opened?", "question_origin": "cloze",
-                     "answer_kind": "year", "answer": f"19{50 + n}", "answerable": True, "kind": "span",
-                     "sources": [source], "relied": [0], "answer_start": start, "answer_end": start + 4,
-                     "quote_source": 0, "quote_start": 0, "quote_end": len(text)})
-    write_examples(rows, tmp_path / "train.parquet", QAConfig(), 0)
-    write_examples(rows[:1], tmp_path / "heldout.parquet", QAConfig(), 0)
     script = tmp_path / "train_joint.py"
     script.write_text(TRAIN_JOINT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    for out, launcher in [("single", [sys.executable]),
-                          ("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                   "2"])]:
-        proc = subprocess.run([*launcher, str(script), str(tmp_path), str(tmp_path / out)], capture_output=True,
-                              text=True, timeout=1200, env=env)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    one = torch.load(tmp_path / "single" / "rank0-of-1.pt")
-    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}-of-2.pt") for r in (0, 1)]
+    ddp = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tiny_joint.train), str(tiny_joint.heldout), str(ddp),
+                           json.dumps(asdict(tiny_joint.cfg)), json.dumps(asdict(tiny_joint.model_cfg))],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = load_file(str(tiny_joint.folder / "generator" / "adapter_model.safetensors"))
+    ranks = [torch.load(ddp / f"rank{r}-of-2.pt") for r in (0, 1)]
     assert one and any(v.abs().sum() > 0 for k, v in one.items() if "lora_B" in k)  # trained (B starts at zero)
+    assert set(ranks[0]) == set(ranks[1]) == set(one)
     for key in one:
         assert torch.equal(ranks[0][key], ranks[1][key]), f"{key}: the ranks drifted apart"
         torch.testing.assert_close(ranks[0][key], one[key], rtol=1e-3, atol=1e-5, msg=f"{key}: not one process's")
 
-    def logged(out: str) -> list[float]:
-        lines = (tmp_path / out / "log.jsonl").read_text().splitlines()
+    def logged(out: Path) -> list[float]:
+        lines = (out / "log.jsonl").read_text().splitlines()
         return [entry["loss"] for entry in map(json.loads, lines) if "of" in entry]  # the generator's steps
 
-    assert len(logged("single")) == 3 and logged("ddp") == pytest.approx(logged("single"), rel=1e-3)
-    assert (tmp_path / "ddp" / "heldout.json").is_file()  # rank 0 ran the later stages and the evaluation
+    assert len(logged(tiny_joint.folder)) == 3 and logged(ddp) == pytest.approx(logged(tiny_joint.folder), rel=1e-3)
+    assert (ddp / "heldout.json").is_file()  # rank 0 ran the later stages and the evaluation
 
 
 TRAIN_RL = textwrap.dedent(
@@ -225,7 +241,7 @@ def test_rl_steps_under_two_processes_keep_the_ranks_in_sync_and_resume(tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "rl"
-    for steps in (2, 3):  # two steps, then the same run extended by one: resumed with both ranks' sampler states
+    for steps in (1, 2):  # one step, then the same run extended by one: resumed with both ranks' sampler states
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                str(script), str(tmp_path / "rows.parquet"), str(out), str(steps)],
                               capture_output=True, text=True, timeout=1200, env=env)
@@ -233,9 +249,9 @@ def test_rl_steps_under_two_processes_keep_the_ranks_in_sync_and_resume(tmp_path
         ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
         assert ranks[0] and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "the ranks drifted apart"
     log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [1, 2, 3]  # rank 0 alone logs, each step once ...
+    assert [e["step"] for e in log] == [1, 2]  # rank 0 alone logs, each step once ...
     assert all(e["rollouts"] == 4 for e in log)  # ... with both ranks' rollouts (2 prompts x 2)
     assert log[0]["components"]["format_validity"] == 1.0
     state = torch.load(out / "state" / "rl.pt", weights_only=False)
-    assert state["step"] == 3 and len(state["samplers"]) == 2
+    assert state["step"] == 2 and len(state["samplers"]) == 2
     assert not torch.equal(state["samplers"][0], state["samplers"][1])  # each rank drew its own rollouts

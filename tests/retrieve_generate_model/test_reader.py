@@ -48,7 +48,8 @@ def test_training_finds_the_answers_across_sources_and_round_trips(tmp_path, enc
         return hits / len(data)
 
     before = found()
-    history = train_reader(data, reader, AnswerReaderTrainConfig(epochs=12, batch_size=3, lr=3e-3), log=lambda _: None)
+    # 6 epochs: the loss falls to ~1% of the first epoch's (every answer is found after 4 already)
+    history = train_reader(data, reader, AnswerReaderTrainConfig(epochs=6, batch_size=3, lr=3e-3), log=lambda _: None)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"] and history[-1]["skipped"] == 0
     assert found() == 1.0 > before
 
@@ -67,8 +68,9 @@ def test_a_reader_with_no_answer_learns_when_the_sources_do_not_answer(encoder):
     unanswerable = [{"question": f"Who photographed {thing}?", "answer": "", "answerable": False, "quote_source": -1,
                      "relied": [], "sources": [{"text": f"In 1990 {thing} was restored by {name}."}]}
                     for thing, name in FACTS]
+    # 6 epochs: the loss falls to ~3% of the first epoch's, every no-answer margin beyond +-8 (its sign is asserted)
     history = train_reader(answerable + unanswerable, reader,
-                           AnswerReaderTrainConfig(epochs=12, batch_size=4, lr=3e-3), log=lambda _: None)
+                           AnswerReaderTrainConfig(epochs=6, batch_size=4, lr=3e-3), log=lambda _: None)
     assert history[0]["examples"] == 12 and history[-1]["loss"] < 0.5 * history[0]["loss"]
     for row in answerable:
         texts = [s["text"] for s in row["sources"]]
