@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.reader import gold_source  # noqa: E402
 from ragless.eval import metrics as M  # noqa: E402
 from ragless.eval.datasets import load, sample_questions  # noqa: E402
 
@@ -37,11 +38,7 @@ def dev_questions(data: str, articles: str, limit: int, seed: int):
     evalset = load("squad-v1.1", data)
     title = {d.doc_id: d.title for d in evalset.documents}
     pool = [q for q in evalset.questions if q.answerable and q.evidence and title[q.evidence[0].doc_id] in adapted]
-    out = []
-    for q in sample_questions(pool, limit, seed):
-        span = q.evidence[0]
-        out.append((q, evalset.document(span.doc_id).text[span.char_start: span.char_end]))
-    return out
+    return [(q, gold_source(evalset, q).text) for q in sample_questions(pool, limit, seed)]
 
 
 def question_word(question: str) -> str:

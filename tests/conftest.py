@@ -23,6 +23,24 @@ def encoder():
     return Encoder()
 
 
+@pytest.fixture()
+def lexical_checkpoint(tmp_path, encoder):
+    """A joint checkpoint folder holding only an untrained lexical channel (alpha 0.5): `(folder, LexicalModel)`. Tests
+    that change the channel after ingestion save the returned model over `folder / "lexical"` again."""
+    import torch
+
+    from retrieve_generate_model.lexical import LexicalModel, vocab_mask
+
+    folder = tmp_path / "joint-lex"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    model = LexicalModel(vocab_mask=vocab_mask(encoder))
+    with torch.no_grad():
+        model.alpha.fill_(0.5)
+    model.save(folder / "lexical")
+    return folder, model
+
+
 def station_rows(n: int = 6) -> list[dict]:
     """Rows of `synth_pipeline.qa` a tiny joint model learns in a few steps: "In what year was station number N
     opened?", answered by the year in a one-sentence source that is also quoted whole."""

@@ -291,22 +291,15 @@ def test_two_reader_processes_see_whole_generations_while_a_writer_commits(tmp_p
 
 
 @pytest.mark.parametrize("lexical", [False, True])
-def test_asker_through_an_ann_index_answers_like_exact_search(tmp_path, encoder, lexical):
+def test_asker_through_an_ann_index_answers_like_exact_search(tmp_path, encoder, lexical, request):
     from ragless.ask import AskConfig, Asker
     from ragless.components import lexical_channel, make_segmenter
     from ragless.ingest import IngestConfig, IngestJob, delete_documents
-    from retrieve_generate_model.lexical import LexicalModel, vocab_mask
     from tests.ragless.test_ingest import write_corpus
 
     channel = None
-    if lexical:  # a joint checkpoint folder with an (untrained) lexical channel, as in test_ask
-        checkpoint = tmp_path / "joint-lex"
-        checkpoint.mkdir()
-        (checkpoint / "config.json").write_text("{}")
-        model = LexicalModel(vocab_mask=vocab_mask(encoder))
-        with torch.no_grad():
-            model.alpha.fill_(0.5)
-        model.save(checkpoint / "lexical")
+    if lexical:  # a joint checkpoint folder with an (untrained) lexical channel
+        checkpoint, _ = request.getfixturevalue("lexical_checkpoint")
         channel = lexical_channel(str(checkpoint), encoder)
 
     def ingest(paths):

@@ -37,21 +37,15 @@ def test_retrieval_attention_matches_exact_search_and_normalizes_over_the_memory
     assert asker.retrieve([]) == [] and len(asker.retrieve(["x"], k=1000)[0]) == len(asker.reader)
 
 
-def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tmp_path, encoder):
+def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tmp_path, encoder, lexical_checkpoint):
     import torch
 
     from ragless.components import lexical_channel, make_segmenter
     from ragless.ingest import IngestConfig, IngestJob
     from retrieve_generate_model.encoder import passage_text
-    from retrieve_generate_model.lexical import LexicalModel, lexical_scores, token_states, vocab_mask
+    from retrieve_generate_model.lexical import lexical_scores, token_states
 
-    checkpoint = tmp_path / "joint-lex"  # a joint checkpoint folder with a lexical channel (untrained, alpha 0.5)
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    model = LexicalModel(vocab_mask=vocab_mask(encoder))
-    with torch.no_grad():
-        model.alpha.fill_(0.5)
-    model.save(checkpoint / "lexical")
+    checkpoint, model = lexical_checkpoint  # untrained, alpha 0.5
     paths = write_corpus(tmp_path / "corpus", 6)
     lexical = lexical_channel(str(checkpoint), encoder)
     IngestJob(tmp_path / "index", make_segmenter("fixed-window"), encoder, IngestConfig(batch_docs=4),
