@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, markdown_table, save_results, update_benchmarks_md  # noqa: E402
 
 COMMAND = "python bench/serve_load.py"
+SHARED_CORES = 0.25  # other processes busy on more than this many cores on average: the run is marked as shared
 KEY = "bench-admin-key-0123456789"
 MIX = (("ask", 0.4), ("ask-stream", 0.4), ("update", 0.1), ("list", 0.1))  # kinds of request, their share
 
@@ -65,6 +66,24 @@ def start_server(index: Path, work: Path) -> tuple[subprocess.Popen, str, Path]:
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"the server did not become ready:\n{log.read_text(errors='replace')}")
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores; idle and I/O wait left out)."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def own_seconds(server: psutil.Process) -> float:
+    """CPU seconds of the server process (and its children) and of this process (the clients)."""
+    total = 0.0
+    for proc in [server, *server.children(recursive=True), psutil.Process()]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -175,8 +194,11 @@ def main() -> None:
         print(f"{args.clients} clients for {args.duration:g} s ...", file=sys.stderr)
         load = Load(url, questions, args.duration, args.seed)
         load_before = os.getloadavg()[0]  # 1-minute averages: of the minute before the run, and of its last minute
+        busy_before, ours_before = busy_seconds(), own_seconds(server)
         wall = load.run(args.clients)
         load_after = os.getloadavg()[0]
+        # what else ran: the machine's busy CPU time less the server's and these clients' own, per second of the run
+        others = max(0.0, (busy_seconds() - busy_before) - (own_seconds(server) - ours_before)) / wall
         stop.set()
         with httpx.Client(base_url=url) as c:
             metrics = c.get("/metrics").text
@@ -203,6 +225,7 @@ def main() -> None:
         "server_rejected_total": float(re.search(r"^ragless_queue_rejected_total (\S+)", metrics, re.M).group(1)),
         "index": args.index or "demo/corpus (learned segmenter, lexical channel)", "note": args.note,
         "load_average": {"start": round(load_before, 2), "end": round(load_after, 2)},
+        "other_processes_cores": round(others, 2),
     }
     print(json.dumps(result, indent=1))
     if args.no_record:
@@ -222,13 +245,14 @@ def main() -> None:
           f"errors**. Streamed questions: first token after p50 {ttft['p50']} s / p95 {ttft['p95']} s. Server peak "
           f"RSS {result['peak_rss_mb']} MB. Latencies include the wait in the queue: with one worker, a question "
           "waits for those ahead of it."
-          + (f" {args.note}" if args.note else "")
+          + (f" {args.note.rstrip('.')}." if args.note else "")
           + f" Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, torch {m['torch']}, "
           f"{'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; "
-          + (f"**the cores were shared with other jobs** (load average {load_before:.1f} at the start of the run, "
-             f"{load_after:.1f} at its end, on {m['cores']} cores): the latencies are upper bounds."
-             if max(load_before, load_after) > 0.5 * m["cores"] else
-             f"otherwise idle (load average {load_before:.1f} at the start, {load_after:.1f} at the end)."))
+          + (f"**the cores were shared with other jobs** (they used {others:.2f} cores on average during the run, "
+             f"load average {load_before:.1f} at its start, {load_after:.1f} at its end): the latencies are upper "
+             "bounds." if others > SHARED_CORES else
+             f"nothing else ran (other processes used {others:.2f} cores on average during the run; load average "
+             f"{load_before:.1f} at its start, {load_after:.1f} at its end, the server's and clients' own work)."))
     update_benchmarks_md("serve_load", md)
     print(f"wrote {path} and BENCHMARKS.md", file=sys.stderr)
 
