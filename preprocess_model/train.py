@@ -5,10 +5,10 @@
     ragless train segmenter --train T --heldout H --out checkpoints/my-segmenter                       # one process
     torchrun --nproc_per_node 2 -m ragless.cli train segmenter --train T --heldout H --out checkpoints/my-segmenter
 
-Under torchrun (`ragless.distributed`, gloo on CPU, NCCL on GPUs) each rank computes its share of every global batch
-of ``batch_windows`` windows and the adapters' gradients are summed over ranks, so P processes take the steps one
-process would (exactly, up to float summation order, without dropout: set ``--lora-dropout 0`` to compare); rank 0
-alone saves, evaluates and logs.
+Under torchrun (`model_common.distributed`, gloo on CPU, NCCL on GPUs) each rank computes its share of every global
+batch of ``batch_windows`` windows and the adapters' gradients are summed over ranks, so P processes take the steps one
+process would (exactly, up to float summation order, without dropout: set ``--lora-dropout 0`` to compare); rank 0 alone
+saves, evaluates and logs.
 
 Resumable: every ``save_every`` steps the adapters, head, optimizer, schedule and step go to ``<out>/state/`` (the
 data order is a function of the seed and the step, so a resumed run sees exactly the batches it would have seen);
@@ -134,14 +134,14 @@ def train_segmenter(
 ) -> dict[str, Any]:
     """Train (or resume) and write the checkpoint to ``out``; returns the last evaluation (on ranks other than 0 under
     torchrun: the step alone)."""
-    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+    from model_common import distributed  # torchrun's process group, shared by the trainers
 
     with distributed.joined() as world:
         return _train_segmenter(train_path, heldout_path, out, cfg, model_cfg, log, world)
 
 
 def _train_segmenter(train_path, heldout_path, out, cfg, model_cfg, log, world) -> dict[str, Any]:
-    from ragless import distributed
+    from model_common import distributed
 
     out = Path(out)
     cfg = cfg or TrainConfig()

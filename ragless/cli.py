@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from preprocess_model.config import SegmenterConfig, TrainConfig
+from preprocess_model.document import Document
 from preprocess_model.readers import ReaderConfig
 from ragless.ann import AnnConfig, AnnSearchConfig
 from ragless.ask import AskConfig
@@ -43,6 +44,7 @@ from ragless.store import StoreError
 from retrieve_generate_model.joint import JointConfig
 from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
 from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
+from retrieve_generate_model.records import Source
 from retrieve_generate_model.train import JointTrainConfig
 from rewards.rl import RLConfig
 from rewards.segmenter_rl import SegmenterRLConfig
@@ -420,6 +422,25 @@ def _cmd_train_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def segmenter_rl_inputs(index: str | Path, train: str | Path) -> tuple[dict[str, Document], list[Source]]:
+    """What `rewards.segmenter_rl.train_segmenter_rl` is given of an index: ``{doc_id: Document}`` of the documents
+    that the rows of ``train`` are about (those the index holds), and every live segment as a `Source` with its
+    document's title and source (the distractor pool)."""
+    import pyarrow.parquet as pq
+
+    from ragless.store import IndexReader
+
+    reader = IndexReader(index)
+    asked = set(pq.read_table(train, columns=["doc_id"]).column("doc_id").to_pylist())
+    documents = {d: reader.document(d) for d in sorted(asked) if d in reader.catalog}
+    pool = []
+    for s in reader.iter_segments():
+        entry = reader.catalog[s.doc_id]
+        pool.append(Source(seg_id=s.seg_id, doc_id=s.doc_id, score=0.0, text=s.text, char_start=s.char_start,
+                           char_end=s.char_end, source=entry.source, title=entry.title, section=s.section))
+    return documents, pool
+
+
 def _cmd_train_segmenter_rl(args: argparse.Namespace) -> int:
     from ragless.components import checkpoint_path
     from ragless.store import read_manifest
@@ -430,8 +451,10 @@ def _cmd_train_segmenter_rl(args: argparse.Namespace) -> int:
     if read_manifest(Path(args.index)) is None:
         raise UsageError(f"ragless train segmenter-rl: no index at {args.index}")
     try:
-        report = train_segmenter_rl(checkpoint_path(args.segmenter), args.index, args.train, args.out,
-                                    from_args(SegmenterRLConfig, args), joint=args.joint,
+        segmenter, joint = checkpoint_path(args.segmenter), checkpoint_path(args.joint)
+        documents, pool = segmenter_rl_inputs(args.index, args.train)
+        report = train_segmenter_rl(segmenter, joint, documents, pool, args.train, args.out,
+                                    from_args(SegmenterRLConfig, args), index_name=str(args.index),
                                     log=lambda msg: print(msg, file=sys.stderr))
     except (TypeError, ValueError) as e:
         raise UsageError(f"ragless train segmenter-rl: {e}") from None

@@ -24,7 +24,6 @@ SEGMENTER_CHECKPOINT = "segmenter"  # the shipped segmentation model, under CHEC
 JOINT_CHECKPOINT = "joint"  # the shipped joint retrieval/generation model, under CHECKPOINTS
 PROMPTED = "prompted"  # the prompt-stuffing answerer: the workflow baselines' generator
 DEFAULT_ANSWERER = JOINT_CHECKPOINT
-LEXICAL_DIR = "lexical"  # a joint checkpoint's learned lexical channel (retrieve_generate_model.lexical)
 
 
 def checkpoint_path(checkpoint: str) -> Path:
@@ -84,12 +83,10 @@ def query_encoder_for(answerer: str, index_encoder: Encoder):
     encoder."""
     if answerer == PROMPTED or index_encoder.cfg.model_dir is not None:
         return index_encoder
-    folder = checkpoint_path(answerer) / "retriever"
-    if not (folder / "retriever.json").is_file():
-        return index_encoder
-    from retrieve_generate_model.retriever import QueryEncoder
+    from retrieve_generate_model.joint import load_question_tower
 
-    return QueryEncoder.load(folder, base=index_encoder)
+    tower = load_question_tower(checkpoint_path(answerer), index_encoder)
+    return index_encoder if tower is None else tower
 
 
 def make_encoder(name: str = Encoder.name, config: dict[str, Any] | None = None) -> Encoder:
@@ -123,13 +120,11 @@ def lexical_channel(checkpoint: str = DEFAULT_ANSWERER, encoder: Encoder | None 
     (then an index holds dense vectors alone). The model remembers the checkpoint it came from, as given."""
     if checkpoint == PROMPTED:
         return None
-    folder = checkpoint_path(checkpoint) / LEXICAL_DIR
-    if not (folder / "lexical.json").is_file():
-        return None
-    from retrieve_generate_model.lexical import LexicalModel
+    from retrieve_generate_model.joint import load_lexical
 
-    model = LexicalModel.load(folder, encoder)
-    model.checkpoint = checkpoint
+    model = load_lexical(checkpoint_path(checkpoint), encoder)
+    if model is not None:
+        model.checkpoint = checkpoint
     return model
 
 

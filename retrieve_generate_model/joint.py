@@ -54,10 +54,17 @@ from retrieve_generate_model.span_head import SpanHead, best_span
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from retrieve_generate_model.encoder import Encoder
+    from retrieve_generate_model.lexical import LexicalModel
+    from retrieve_generate_model.retriever import QueryEncoder
+
 CONFIG_FILE = "config.json"
 ADAPTER_DIR = "generator"
 HEADS_FILE = "heads.safetensors"
 READER_DIR = "reader"
+# parts of a checkpoint that retrieval uses apart from the model (`load_lexical`, `load_question_tower`)
+LEXICAL_DIR = "lexical"  # the learned lexical channel (`lexical.py`), in a checkpoint that has one
+RETRIEVER_DIR = "retriever"  # the trained question tower (`retriever.py`), in a checkpoint that has one
 SYSTEM_PROMPT = ("Answer the question from the numbered sources. Say whether they answer it, which sources you rely "
                  "on, the answer, and quote the source that supports it.")
 ABSTAIN_TEXT = "The sources do not answer this question."
@@ -442,6 +449,26 @@ class JointModel:
                                       char_end=s.char_start + end, quote=s.text[start:end], source=s.source))
         return Rollout(Answer(text=text, citations=citations, abstained=False, route="answer", sources=ranked,
                               timings=timings), **trace)
+
+
+def load_lexical(folder: str | Path, encoder: Encoder | None = None) -> LexicalModel | None:
+    """The learned lexical channel of the joint checkpoint in ``folder`` (its ``lexical/``, over ``encoder``), or
+    None when it has none."""
+    from retrieve_generate_model.lexical import CONFIG_FILE as LEXICAL_CONFIG
+    from retrieve_generate_model.lexical import LexicalModel
+
+    path = Path(folder) / LEXICAL_DIR
+    return LexicalModel.load(path, encoder) if (path / LEXICAL_CONFIG).is_file() else None
+
+
+def load_question_tower(folder: str | Path, base: Encoder) -> QueryEncoder | None:
+    """The trained question tower of the joint checkpoint in ``folder`` (its ``retriever/``) over the encoder
+    ``base``, or None when it has none (questions are then embedded by ``base`` itself)."""
+    from retrieve_generate_model.retriever import CONFIG_FILE as RETRIEVER_CONFIG
+    from retrieve_generate_model.retriever import QueryEncoder
+
+    path = Path(folder) / RETRIEVER_DIR
+    return QueryEncoder.load(path, base=base) if (path / RETRIEVER_CONFIG).is_file() else None
 
 
 @dataclass

@@ -24,11 +24,11 @@ and a line per event is in ``OUT/log.jsonl``.
     ragless train joint --train T --heldout H --out checkpoints/my-joint                            # one process
     torchrun --nproc_per_node 4 -m ragless.cli train joint --train T --heldout H --out checkpoints/my-joint
 
-Under torchrun (`ragless.distributed`) the generator stage is data-parallel: the examples of each optimizer step (its
-``grad_accum`` examples of the seeded order) are dealt round-robin to the ranks and the adapters' gradients summed
-over them, so P processes take the steps one process would (up to float summation order); rank 0 alone saves the
-state and logs. The later stages (span head, reader, question tower, calibration, evaluation) run on rank 0 alone;
-the other ranks return after the generator.
+Under torchrun (`model_common.distributed`) the generator stage is data-parallel: the examples of each optimizer step
+(its ``grad_accum`` examples of the seeded order) are dealt round-robin to the ranks and the adapters' gradients summed
+over them, so P processes take the steps one process would (up to float summation order); rank 0 alone saves the state
+and logs. The later stages (span head, reader, question tower, calibration, evaluation) run on rank 0 alone; the other
+ranks return after the generator.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def train_joint(
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate; returns the final report (on ranks other than 0 under torchrun: the number
     of examples alone). ``score(prediction, golds) -> (em, f1)``."""
-    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+    from model_common import distributed  # torchrun's process group, shared by the trainers
 
     with distributed.joined() as world:
         return _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, world)
@@ -150,7 +150,7 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_linear_schedule_with_warmup
 
-    from ragless import distributed
+    from model_common import distributed
 
     cfg, model_cfg = cfg or JointTrainConfig(), model_cfg or JointConfig()
     if not world.main:
@@ -364,7 +364,7 @@ def reader_report(reader, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The reader's best span over each answerable row's sources against the row's answer: n, EM, F1 (SQuAD's
     normalization) and how often the span lies in the evidence; for a reader with the "no answer" option, how often
     it prefers it (margin > 0) on the unanswerable rows and on the answerable ones."""
-    from ragless.eval.metrics import exact_match, token_f1
+    from model_common.answer_metrics import exact_match, token_f1
     from retrieve_generate_model.reader import no_answer_margin
 
     em, f1, evidence, declines = [], [], [], {True: [], False: []}
@@ -482,7 +482,7 @@ def calibrate(model: JointModel, heldout: list[dict[str, Any]]) -> dict[str, flo
 def calibrate_checkpoint(folder: str | Path, heldout_path: str | Path, examples: int = 60) -> dict[str, Any]:
     """`ragless train calibrate`: `calibrate` the checkpoint in ``folder`` on (the first ``examples`` of) the
     held-out rows and save its config; returns the settings and the held-out report under them."""
-    from ragless.eval.metrics import exact_match, token_f1
+    from model_common.answer_metrics import exact_match, token_f1
 
     model = JointModel.load(folder)
     heldout = shown_rows(model, read_rows(heldout_path))[:examples]

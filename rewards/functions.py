@@ -15,8 +15,8 @@ Columns, by name:
   unknown;
 - ``lang``: the answer language for F1's normalization (default English).
 
-Scores reuse the evaluation's own metrics (`ragless.eval.metrics`), so that what training rewards is what the
-benchmarks measure.
+Scores reuse the evaluation's own metrics (`model_common.answer_metrics`, which `ragless.eval.metrics` re-exports),
+so that what training rewards is what the benchmarks measure.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ragless.eval import metrics as M
+from model_common import answer_metrics as M
 from rewards.completion import Completion, locate, parse
 
 

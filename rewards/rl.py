@@ -20,12 +20,12 @@ reader, lexical channel and config travel with it) and ends as a joint checkpoin
     ragless train rl --checkpoint checkpoints/joint --train data/qa/train-en-v4/train.parquet --out data/runs/rl
     torchrun --nproc_per_node 4 -m ragless.cli train rl --train data/qa/train-en-v4/train.parquet --out data/runs/rl
 
-Under torchrun (`ragless.distributed`) the step's prompts are the same seeded draw on every rank and their groups are
-dealt to the ranks (every P-th prompt, whole groups: advantages are normalized within a group); each rank samples its
-rollouts from its own stream (rank 0's is the single process's: ``seed``, the others ``seed + rank``), the loss is
+Under torchrun (`model_common.distributed`) the step's prompts are the same seeded draw on every rank and their groups
+are dealt to the ranks (every P-th prompt, whole groups: advantages are normalized within a group); each rank samples
+its rollouts from its own stream (rank 0's is the single process's: ``seed``, the others ``seed + rank``), the loss is
 divided by the number of rollouts learned from over all ranks and the adapters' gradients summed, so every rank takes
-the same update. Rank 0 logs the whole step's rewards and saves the state (every rank's sampler state in it). A run
-with P processes samples other rollouts than one process would: it is the same algorithm, not the same run.
+the same update. Rank 0 logs the whole step's rewards and saves the state (every rank's sampler state in it). A run with
+P processes samples other rollouts than one process would: it is the same algorithm, not the same run.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def train_rl(checkpoint: str | Path, train: str | Path, out: str | Path, cfg: RL
              weights: RewardWeights | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or resume) the generator of the joint checkpoint ``checkpoint`` by GRPO into ``out``; returns the
     last step's log entry (on ranks other than 0 under torchrun: the step alone)."""
-    from ragless import distributed  # the one piece of the application a trainer uses: torchrun's process group
+    from model_common import distributed  # torchrun's process group, shared by the trainers
 
     with distributed.joined() as world:
         return _train_rl(checkpoint, train, out, cfg, weights, log, world)
@@ -142,7 +142,7 @@ def _train_rl(checkpoint, train, out, cfg, weights, log, world) -> dict[str, Any
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from ragless import distributed
+    from model_common import distributed
     from retrieve_generate_model.joint import JointModel, Sampler
     from retrieve_generate_model.records import Source
 

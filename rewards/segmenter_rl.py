@@ -28,6 +28,9 @@ usable by ``ragless ingest --segmenter OUT``.
 
     ragless train segmenter-rl --index data/index/train-en --train data/qa/train-en-v4/train.parquet \\
         --out data/runs/segmenter-rl
+
+The command reads the index (`ragless.cli.segmenter_rl_inputs`) and resolves the checkpoints' names; what this module
+is given is plain: the documents to cut, the distractor segments, and checkpoint folders.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from preprocess_model.document import Document
 
 STATE = "state/segmenter_rl.pt"
 
@@ -167,25 +173,28 @@ def unit_logits(model, tokenizer, enc):
 class SegmentationScorer:
     """Scores segmentations of a document by the joint model's retrieval and reader (see the module docstring).
 
-    ``pool``: the distractor segments (records with ``doc_id``, ``text``, ``title``, ``section``), embedded once;
-    a document's own segments in the pool are left out when it is scored (its sampled segments replace them)."""
+    ``checkpoint``: the folder of the joint checkpoint whose lexical channel, question tower (where it has one) and
+    reader are used. ``pool``: the distractor segments (records with ``doc_id``, ``text``, ``title``, ``section``,
+    e.g. `retrieve_generate_model.records.Source`), embedded once; a document's own segments in the pool are left
+    out when it is scored (its sampled segments replace them)."""
 
-    def __init__(self, checkpoint: str, pool: Sequence[Any], k: int = 4, scale: float = 20.0,
+    def __init__(self, checkpoint: str | Path, pool: Sequence[Any], k: int = 4, scale: float = 20.0,
                  cache: str | Path | None = None, log: Callable[[str], None] = print):
         import torch
 
-        from ragless.components import checkpoint_path, lexical_channel, query_encoder_for
         from retrieve_generate_model.encoder import Encoder, passage_text
+        from retrieve_generate_model.joint import READER_DIR, load_lexical, load_question_tower
         from retrieve_generate_model.lexical import encode, sparse_matrix
         from retrieve_generate_model.reader import AnswerReader
 
         self.k, self.scale = k, scale
         self.encoder = Encoder()
-        self.lexical = lexical_channel(checkpoint, self.encoder)
+        self.lexical = load_lexical(checkpoint, self.encoder)
         if self.lexical is None:
             raise ValueError(f"checkpoint {checkpoint} has no lexical channel: the reward retrieves as `ask` does")
-        self.query_encoder = query_encoder_for(checkpoint, self.encoder)
-        self.reader = AnswerReader.load(checkpoint_path(checkpoint) / "reader", base=self.encoder)
+        tower = load_question_tower(checkpoint, self.encoder)  # none: questions embedded as the segments are
+        self.query_encoder = self.encoder if tower is None else tower
+        self.reader = AnswerReader.load(Path(checkpoint) / READER_DIR, base=self.encoder)
         texts = [passage_text(s.text, s.title, s.section) for s in pool]
         key = {"texts": hashlib.sha256("\x00".join(texts).encode()).hexdigest(), "lexical": self.lexical.fingerprint(),
                "encoder": self.encoder.config()}
@@ -227,7 +236,7 @@ class SegmentationScorer:
         import torch
         from scipy.sparse import vstack
 
-        from ragless.eval.metrics import token_f1
+        from model_common.answer_metrics import token_f1
         from retrieve_generate_model.encoder import passage_text
         from retrieve_generate_model.lexical import encode, fused_attention, sparse_matrix
 
@@ -252,22 +261,24 @@ class SegmentationScorer:
         return {"evidence": float(np.mean(evidence)), "answer_f1": float(np.mean(f1))}
 
 
-def train_segmenter_rl(segmenter: str | Path, index: str | Path, train: str | Path, out: str | Path,
-                       cfg: SegmenterRLConfig | None = None, joint: str = "joint",
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tune (or resume) the segmenter checkpoint ``segmenter`` by policy gradient into ``out``, on the
-    documents of ``index`` and the synthetic rows ``train`` made from them, rewarded by the joint checkpoint
-    ``joint``; returns the last step's log entry."""
+def train_segmenter_rl(segmenter: str | Path, joint: str | Path, documents: Mapping[str, Document],
+                       pool: Sequence[Any], train: str | Path, out: str | Path, cfg: SegmenterRLConfig | None = None,
+                       index_name: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune (or resume) the segmenter checkpoint folder ``segmenter`` by policy gradient into ``out``, on the
+    ``documents`` (by doc_id; those no row asks about are ignored) and the synthetic rows ``train`` made from them,
+    rewarded by the joint checkpoint folder ``joint`` retrieving among the ``pool`` of distractor segments (see
+    `SegmentationScorer`); returns the last step's log entry. ``index_name`` says where the documents and the pool
+    come from (the command: the index folder); it is recorded with the settings that a resumed run must keep."""
     import pyarrow.parquet as pq
     import torch
 
     from preprocess_model.model import SegmentationModel, encode_document, predict, to_segments
-    from ragless.store import IndexReader
     from rewards.grpo import group_advantages
 
     cfg = cfg or SegmenterRLConfig()
     out = Path(out)
-    run = {"segmenter": str(segmenter), "joint": joint, "index": str(index), "train": str(train), "rl": asdict(cfg)}
+    run = {"segmenter": str(segmenter), "joint": str(joint), "index": index_name, "train": str(train),
+           "rl": asdict(cfg)}
     state_file = out / STATE
     if state_file.is_file():  # the same run, continued (``steps`` may grow)
         saved = json.loads((out / "state" / "run.json").read_text())
@@ -283,14 +294,13 @@ def train_segmenter_rl(segmenter: str | Path, index: str | Path, train: str | Pa
         (out / "state").mkdir()
         (out / "state" / "run.json").write_text(json.dumps(run, indent=1) + "\n")
 
-    reader = IndexReader(index)
     questions = doc_questions(pq.read_table(train).to_pylist())
-    questions = {d: qs for d, qs in questions.items() if d in reader.catalog}
+    questions = {d: qs for d, qs in questions.items() if d in documents}
     if not questions:
-        raise ValueError(f"no answerable row of {train} is about a document of {index}")
+        raise ValueError(f"no answerable row of {train} is about a document of {index_name or 'the documents given'}")
     doc_ids = sorted(questions)
     log(f"{len(doc_ids)} documents with {sum(len(q) for q in questions.values())} located questions")
-    scorer = SegmentationScorer(joint, _pool(reader), cfg.k, cache=out / "state" / "pool.pt", log=log)
+    scorer = SegmentationScorer(joint, pool, cfg.k, cache=out / "state" / "pool.pt", log=log)
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = SegmentationModel.load(out)  # adapters and head trainable, dropout off (eval mode)
@@ -324,7 +334,7 @@ def train_segmenter_rl(segmenter: str | Path, index: str | Path, train: str | Pa
             optimizer.zero_grad(set_to_none=True)
             stats: dict[str, list[float]] = defaultdict(list)
             for doc_id in order.sample(doc_ids, min(cfg.docs_per_step, len(doc_ids))):
-                doc = reader.document(doc_id)
+                doc = documents[doc_id]
                 asked = order.sample(questions[doc_id], min(cfg.questions_per_doc, len(questions[doc_id])))
                 shared = scorer.prepare(doc_id, asked)
                 enc = encode_document(doc.text, tokenizer, mcfg)
@@ -362,11 +372,3 @@ def train_segmenter_rl(segmenter: str | Path, index: str | Path, train: str | Pa
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 save(step + 1)
     return entry
-
-
-def _pool(reader) -> list[Any]:
-    """Every live segment of the index with its document's title: the distractors."""
-    from types import SimpleNamespace
-
-    return [SimpleNamespace(doc_id=s.doc_id, text=s.text, section=s.section, title=reader.catalog[s.doc_id].title)
-            for s in reader.iter_segments()]

@@ -1,5 +1,5 @@
-"""Training under torchrun (ragless/distributed.py): two gloo processes stay in sync and take the steps of one process
-on the same global batch, resumed or not."""
+"""Training under torchrun (model_common/distributed.py): two gloo processes stay in sync and take the steps of one
+process on the same global batch, resumed or not."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from model_common.distributed import World
 from preprocess_model.config import SegmenterConfig, TrainConfig
 from preprocess_model.units import BOUNDARY, CONTINUE, HEADING, NOISE, text_units
-from ragless.distributed import World
 
 # the tiny model of tests/preprocess_model/test_model.py, without dropout (the adapters' here, MiniLM's in the script):
 # the ranks and the single process must draw nothing at random after the seeded start

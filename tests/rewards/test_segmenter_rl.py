@@ -57,16 +57,24 @@ def located_rows(index) -> list[dict]:
 
 
 def test_a_segmentation_that_cuts_through_the_answer_loses_the_evidence(tmp_path, encoder):
+    from ragless.cli import segmenter_rl_inputs
+    from ragless.components import checkpoint_path
     from ragless.store import IndexReader
-    from rewards.segmenter_rl import SegmentationScorer, _pool, doc_questions
+    from rewards.segmenter_rl import SegmentationScorer, doc_questions
 
     paths = write_corpus(tmp_path / "corpus", 4)
     ingest(tmp_path / "index", paths, encoder)
     reader = IndexReader(tmp_path / "index")
-    questions = doc_questions(located_rows(tmp_path / "index"))
+    rows = located_rows(tmp_path / "index")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    documents, pool = segmenter_rl_inputs(tmp_path / "index", tmp_path / "rows.parquet")
+    questions = doc_questions(rows)
+    assert sorted(documents) == sorted(questions) == sorted(e.doc_id for e in reader.documents())
+    assert len(pool) == len(reader) and all(s.title == reader.catalog[s.doc_id].title for s in pool)
     doc_id = sorted(questions)[0]
-    doc = reader.document(doc_id)
-    scorer = SegmentationScorer("joint", _pool(reader), k=2, log=lambda msg: None)
+    doc = documents[doc_id]
+    assert doc.text == reader.document(doc_id).text
+    scorer = SegmentationScorer(checkpoint_path("joint"), pool, k=2, log=lambda msg: None)
     asked = questions[doc_id][:1]
     shared = scorer.prepare(doc_id, asked)
     q = asked[0]
@@ -82,6 +90,7 @@ def test_a_segmentation_that_cuts_through_the_answer_loses_the_evidence(tmp_path
 def test_policy_gradient_steps_move_the_segmenter_log_and_resume(tmp_path, encoder):
     from preprocess_model.model import LearnedSegmenter
     from preprocess_model.readers import read_paths
+    from ragless.cli import segmenter_rl_inputs
     from ragless.components import checkpoint_path
     from rewards.segmenter_rl import train_segmenter_rl
 
@@ -89,13 +98,14 @@ def test_policy_gradient_steps_move_the_segmenter_log_and_resume(tmp_path, encod
     ingest(tmp_path / "index", paths, encoder)
     train = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(located_rows(tmp_path / "index")), train)
+    documents, pool = segmenter_rl_inputs(tmp_path / "index", train)
+    inputs = (checkpoint_path("segmenter"), checkpoint_path("joint"), documents, pool, train)
     out = tmp_path / "seg-rl"
     # one step (it moves the segmenter), then one more resumed
     cfg = SegmenterRLConfig(steps=1, docs_per_step=2, group_size=2, questions_per_doc=2, lr=1e-3, save_every=1,
                             temperature=1.0)
     start = LearnedSegmenter(checkpoint_path("segmenter")).model.trainable_state()
-    last = train_segmenter_rl(checkpoint_path("segmenter"), tmp_path / "index", train, out, cfg,
-                              log=lambda msg: None)
+    last = train_segmenter_rl(*inputs, out, cfg, log=lambda msg: None)
     log = [json.loads(line) for line in (out / "rl_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1] and last == log[-1]
     for e in log:
@@ -108,12 +118,11 @@ def test_policy_gradient_steps_move_the_segmenter_log_and_resume(tmp_path, encod
     docs = [d for d in read_paths([str(p) for p in paths])]
     assert all(segs for segs in trained.segment(docs))  # the result is a segmenter ingestion can use
 
-    resumed = train_segmenter_rl(checkpoint_path("segmenter"), tmp_path / "index", train, out,
-                                 SegmenterRLConfig(**{**cfg.__dict__, "steps": 2}), log=lambda msg: None)
+    resumed = train_segmenter_rl(*inputs, out, SegmenterRLConfig(**{**cfg.__dict__, "steps": 2}),
+                                 log=lambda msg: None)
     assert resumed["step"] == 2 and len((out / "rl_log.jsonl").read_text().splitlines()) == 2
     with pytest.raises(ValueError, match="other settings"):
-        train_segmenter_rl(checkpoint_path("segmenter"), tmp_path / "index", train, out,
-                           SegmenterRLConfig(**{**cfg.__dict__, "lr": 5e-3}), log=lambda msg: None)
+        train_segmenter_rl(*inputs, out, SegmenterRLConfig(**{**cfg.__dict__, "lr": 5e-3}), log=lambda msg: None)
     assert np.isfinite([e["loss"] for e in log]).all()
 
 
