@@ -56,7 +56,8 @@ def read_all(folder: str, questions) -> list[dict]:
         best, _ = reader.read(q.question, [text], top=1)
         prediction = text[best[0].char_start: best[0].char_end] if best else ""
         rows.append({"qid": q.qid, "kind": question_word(q.question), "prediction": prediction,
-                     "em": M.exact_match(prediction, q.answers, q.lang), "f1": M.token_f1(prediction, q.answers, q.lang)})
+                     "em": M.exact_match(prediction, q.answers, q.lang),
+                     "f1": M.token_f1(prediction, q.answers, q.lang)})
     return rows
 
 
