@@ -22,7 +22,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root first, and not bench/ itself: bench/kernels.py would shadow the `kernels` package that
+# transformers imports
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from bench.reader import gold_source  # noqa: E402
 from ragless.eval import metrics as M  # noqa: E402

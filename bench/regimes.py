@@ -19,7 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root first, and not bench/ itself: bench/kernels.py would shadow the `kernels` package that
+# transformers imports
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from ragless.eval import metrics as M  # noqa: E402
 from ragless.eval.datasets import load  # noqa: E402
