@@ -16,7 +16,8 @@ reads K once per tile of queries, so at small B it should approach that bandwidt
 
 Source-biased attention (the generator over its retrieved sources' tokens, SmolLM2-like heads: H = 9, D = 64) is
 timed forward and forward + backward against plain torch attention with the bias added to materialized logits, and
-its outputs and gradients checked against the float32 reference.
+its outputs and gradients checked against the float32 reference; one row times its causal form (self-attention over
+a prompt that holds the sources, M == N, as `retrieve_generate_model/biased_attention.py` runs it in training).
 
     python bench/kernels.py              # CUDA: N = 1e5, 1e6, 1e7; B = 1, 32, 256; bf16 and fp16 (< 8 min on an H200)
     python bench/kernels.py --quick      # a smaller set (CUDA: N up to 1e6, bf16; CPU: N = 1e5)
@@ -222,10 +223,13 @@ def retrieval_line(row: dict) -> str:
     return " ".join(parts)
 
 
-def plain_attention(q, k, v, source_ids, source_bias):
+def plain_attention(q, k, v, source_ids, source_bias, causal=False):
     """Plain torch at the inputs' dtype: the (B, H, M, N) logits materialized, the per-key bias added."""
     logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + key_bias(source_ids, source_bias).to(q.dtype)[
         :, None, None, :]
+    if causal:
+        future = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).triu(1)
+        logits = logits.masked_fill(future, float("-inf"))
     return torch.softmax(logits, dim=-1) @ v
 
 
@@ -243,24 +247,27 @@ def bench_source_biased(device, shapes, dtypes, deadline, use_kernel) -> list[di
 
 
 def source_biased_row(dtype, shape, device, use_kernel) -> dict:
-    """Time forward and forward + backward of the kernel (CUDA) and plain torch; errors against the float32 ref."""
-    B, H, M, N, D, S = shape
+    """Time forward and forward + backward of the kernel (CUDA) and plain torch; errors against the float32 ref.
+    ``shape``: (B, H, M, N, D, S), or (B, H, N, N, D, S, True) for the causal form."""
+    B, H, M, N, D, S, *rest = shape
+    causal = bool(rest and rest[0])
     g = torch.Generator(device=device).manual_seed(1)
     q, k, v = (torch.randn(B, H, n, D, device=device, generator=g).to(dtype).requires_grad_() for n in (M, N, N))
     source_ids = torch.randint(-1, S, (B, N), device=device, generator=g)
     source_bias = torch.randn(B, S, device=device, generator=g).requires_grad_()
     d_out = torch.randn(B, H, M, D, device=device, generator=g).to(dtype)
     inputs = (q, k, v, source_ids, source_bias)
-    row = {"dtype": str(dtype).removeprefix("torch."), "B": B, "H": H, "M": M, "N": N, "D": D, "S": S}
+    row = {"dtype": str(dtype).removeprefix("torch."), "B": B, "H": H, "M": M, "N": N, "D": D, "S": S,
+           "causal": causal}
 
     def fwd_bwd(fn):
         out = fn(*inputs)
         return (out, *torch.autograd.grad(out, (q, k, v, source_bias), d_out))
 
-    ref = fwd_bwd(source_biased_attention_ref)  # float32 inside
-    impls = {"plain": plain_attention}
+    ref = fwd_bwd(lambda *a: source_biased_attention_ref(*a, causal=causal))  # float32 inside
+    impls = {"plain": lambda *a: plain_attention(*a, causal=causal)}
     if use_kernel:
-        impls["kernel"] = lambda *a: source_biased_attention(*a, backend="triton")
+        impls["kernel"] = lambda *a: source_biased_attention(*a, causal=causal, backend="triton")
     for name, fn in impls.items():
         got = fwd_bwd(fn)
         row[f"{name}_max_error"] = {n: (a.float() - b.float()).abs().max().item()
@@ -273,7 +280,7 @@ def source_biased_row(dtype, shape, device, use_kernel) -> dict:
 
 def source_line(row: dict) -> str:
     head = (f"source-biased {row['dtype']:>8} B={row['B']} H={row['H']} M={row['M']} N={row['N']} D={row['D']} "
-            f"S={row['S']}:")
+            f"S={row['S']}{' causal' if row.get('causal') else ''}:")
     parts = [head]
     for name in ("kernel", "plain"):
         if f"{name}_forward_s" in row:
@@ -313,12 +320,13 @@ def main() -> None:
         sizes = [10**5, 10**6] if args.quick else [10**5, 10**6, 10**7]
         batches = [1, 32, 256]
         dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16]
-        shapes = [(8, 9, 512, 2560, 64, 10)] + ([] if args.quick else [(4, 9, 1024, 10240, 64, 40)])
+        shapes = [(8, 9, 512, 2560, 64, 10), (8, 9, 1024, 1024, 64, 4, True)]
+        shapes += [] if args.quick else [(4, 9, 1024, 10240, 64, 40)]
     else:
         sizes = [10**5] if args.quick else [10**5, 10**6]
         batches = [1, 32]
         dtypes = [torch.float32]  # CPU matmuls in 16 bits are slow and not what the CPU path runs
-        shapes = [(2, 9, 128, 1024, 64, 10)]
+        shapes = [(2, 9, 128, 1024, 64, 10), (1, 9, 512, 512, 64, 4, True)]
     bandwidth = copy_bandwidth(device)
     print(f"device: {device_slug(device)}; copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)", flush=True)
     faiss_fn, faiss_note = faiss_search() if cuda else (None, "faiss GPU search is a CUDA-only comparison")

@@ -37,18 +37,19 @@ def retrieval_attention(Q, K, k: int, *, valid=None, scale: float = 1.0, backend
 
 
 def source_biased_attention(q, k, v, source_ids, source_bias, sm_scale: float | None = None, *,
-                            backend: str = "auto"):
+                            causal: bool = False, backend: str = "auto"):
     """Attention of q (B, H, M, D) over k, v (B, H, N, D) with each key's logit shifted by its source's score
     ``source_bias[b, source_ids[b, n]]``, differentiable in q, k, v and source_bias (contract: see
-    `source_biased_attention_ref`). ``backend``: "auto", "torch" or "triton" (see the module docstring)."""
+    `source_biased_attention_ref`). ``causal``: self-attention (M == N), key n visible to query m iff n <= m.
+    ``backend``: "auto", "torch" or "triton" (see the module docstring)."""
     if wants_kernel(backend, q):
         kernel = load("source_biased_attention_triton")
         reason = kernel.unsupported(q, k, v)
         if reason is None:
-            return kernel.source_biased_attention_triton(q, k, v, source_ids, source_bias, sm_scale)
+            return kernel.source_biased_attention_triton(q, k, v, source_ids, source_bias, sm_scale, causal)
         if backend == "triton":
             raise ValueError(f"backend='triton' cannot take these inputs: {reason}")
-    return source_biased_attention_ref(q, k, v, source_ids, source_bias, sm_scale)
+    return source_biased_attention_ref(q, k, v, source_ids, source_bias, sm_scale, causal)
 
 
 __all__ = ["BACKENDS", "TritonUnavailable", "retrieval_attention", "retrieval_attention_ref",

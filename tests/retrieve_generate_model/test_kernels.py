@@ -230,10 +230,12 @@ def forward_backward(fn, q, k, v, source_ids, source_bias, d_out):
     return (out, *torch.autograd.grad(out, (q, k, v, source_bias), d_out, allow_unused=True, materialize_grads=True))
 
 
-def plain_attention(q, k, v, source_ids, source_bias):
+def plain_attention(q, k, v, source_ids, source_bias, causal=False):
     """Plain torch at the inputs' own dtype, the bias added to the logits: the baseline of the STYLE rule."""
     bias = key_bias(source_ids, source_bias).to(q.dtype)
     logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias[:, None, None, :]
+    if causal:
+        logits = logits.masked_fill(torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).triu(1), float("-inf"))
     return torch.softmax(logits, dim=-1) @ v
 
 
@@ -253,6 +255,47 @@ def test_source_biased_attention_forward_and_backward(dtype, blocks):
         assert a.dtype == p.dtype and a.shape == t.shape, name
         assert_close_to_truth(a, p, t, floor=1e-5)
     assert got[4].abs().sum() > 0  # the retrieval scores do get a gradient
+
+
+@pytest.mark.parametrize("dtype,blocks", [(torch.float32, (16, 16)), (torch.float16, (16, 32)),
+                                          (torch.bfloat16, (32, 16))])
+def test_causal_source_biased_attention_forward_and_backward(dtype, blocks):
+    """Self-attention over the sequence's own tokens: the tiles above the diagonal are skipped and the diagonal ones
+    masked, with BLOCK_M != BLOCK_N so that the diagonal crosses tiles unevenly and N is no multiple of either."""
+    B, H, N, D, S = 2, 2, 45, 16, 4
+    inputs = sba_inputs(dtype, B, H, N, N, D, S, seed=21, requires_grad=True)
+    d_out = torch.randn(B, H, N, D, generator=torch.Generator().manual_seed(22)).to(dtype)
+    got = forward_backward(lambda *a: sbat.source_biased_attention_triton(*a, causal=True, blocks=blocks),
+                           *inputs, d_out)
+    wide = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+    wide[3] = inputs[3]
+    truth = forward_backward(lambda *a: source_biased_attention_ref(*a, causal=True), *wide, d_out.double())
+    plain = forward_backward(lambda *a: plain_attention(*a, causal=True), *inputs, d_out)
+    for name, a, p, t in zip(("out", "dq", "dk", "dv", "d_source_bias"), got, plain, truth):
+        assert a.dtype == p.dtype and a.shape == t.shape, name
+        assert_close_to_truth(a, p, t, floor=1e-5)
+    assert got[4].abs().sum() > 0
+    # the last key is seen by the last query alone: its gradient comes from that query's row only
+    q, k, v, source_ids, source_bias = inputs
+    alone = sbat.source_biased_attention_triton(q[:, :, -1:].detach(), k.detach(), v.detach(), source_ids,
+                                                source_bias.detach(), blocks=blocks)
+    torch.testing.assert_close(got[0][:, :, -1:].float(), alone.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_causal_reference_is_torch_sdpa_with_the_bias_as_mask_and_refuses_cross_attention():
+    q, k, v, source_ids, source_bias = sba_inputs(torch.float32, 2, 3, 11, 11, 8, 3, seed=23)
+    mask = key_bias(source_ids, source_bias)[:, None, None, :].expand(2, 1, 11, 11)
+    mask = mask.masked_fill(torch.ones(11, 11, dtype=torch.bool).triu(1), float("-inf"))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(source_biased_attention_ref(q, k, v, source_ids, source_bias, causal=True), want)
+    one = sba_inputs(torch.float32, 1, 1, 1, 1, 8, 1, seed=24)  # a single token sees itself
+    torch.testing.assert_close(sbat.source_biased_attention_triton(*one, causal=True), one[2])
+    cross = sba_inputs(torch.float32, 1, 1, 4, 6, 8, 2, seed=25)
+    for fn in (source_biased_attention_ref, sbat.source_biased_attention_triton):
+        with pytest.raises(ValueError, match="M == N"):
+            fn(*cross, causal=True)
+    with pytest.raises(ValueError, match="M == N"):
+        kernels.source_biased_attention(*cross, causal=True)
 
 
 def test_source_biased_attention_edges():
@@ -282,6 +325,11 @@ def test_source_biased_attention_reference_gradcheck():
                                         for t in sba_inputs(torch.float32, 2, 1, 3, 5, 4, 3, seed=8))
     args = [t.requires_grad_(True) for t in (q, k, v, source_bias)]
     assert torch.autograd.gradcheck(lambda q, k, v, b: source_biased_attention_ref(q, k, v, source_ids, b), args)
+    q, k, v, source_ids, source_bias = (t.double() if t.is_floating_point() else t
+                                        for t in sba_inputs(torch.float32, 2, 2, 5, 5, 4, 3, seed=18))
+    args = [t.requires_grad_(True) for t in (q, k, v, source_bias)]
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, b: source_biased_attention_ref(q, k, v, source_ids, b, causal=True), args)
 
 
 def test_source_biased_dispatcher_runs_the_kernel_on_request():
@@ -290,5 +338,8 @@ def test_source_biased_dispatcher_runs_the_kernel_on_request():
     torch.testing.assert_close(got, source_biased_attention_ref(*inputs), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kernels.source_biased_attention(*inputs, backend="torch"),
                                source_biased_attention_ref(*inputs))
+    square = sba_inputs(torch.float32, 1, 2, 13, 13, 16, 2, seed=19)
+    torch.testing.assert_close(kernels.source_biased_attention(*square, causal=True, backend="triton"),
+                               source_biased_attention_ref(*square, causal=True), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="source_ids"):
         kernels.source_biased_attention(*inputs[:3], inputs[3] + 5, inputs[4], backend="triton")
