@@ -14,6 +14,11 @@ After the generator, further stages; those that learn from its frozen weights us
   alone, as a distribution over the row's sources, distilled into the retriever's question tower (with the
   contrastive loss beside it); saved as ``OUT/retriever/``.
 
+Or, with ``link="attention"`` (``--link attention``), the question tower trains with the generator instead of after
+it (`AttentionLink`): its scores of each row's sources bias the generator's attention to their tokens
+(`biased_attention.py`, the source-biased attention kernel), so the answer loss itself moves the tower's adapters;
+saved as ``OUT/retriever/`` all the same, and the distillation stage is not run.
+
 Resumable: every ``checkpoint_every`` examples the adapters, the optimizer, the scheduler and the position in the
 (seeded) example order are saved under ``OUT/state/``; the same command continues from there, and a finished stage is
 not run again. When training ends the model is saved to ``OUT`` (`JointModel.save`), evaluated on the held-out rows,
@@ -59,6 +64,9 @@ class JointTrainConfig:
     checkpoint_every: int = 200  # examples between saved training states
     heldout_examples: int = 60  # held-out rows decoded at the end (each ~1-2 s on 2 cores)
     bf16: bool = True  # autocast to bfloat16 on CPU (float32 master weights)
+    link: str = "distill"  # generation -> retrieval: "distill" (a stage after the generator) or "attention" (with it)
+    link_layers: int = 0  # "attention": the generator's last N layers take the bias; 0: those with adapters
+    link_lr: float = 5e-4  # "attention": the question tower's learning rate (AdamW, constant)
     calibrate: bool = True  # set the decoding's abstain_bias for balanced route accuracy on the held-out rows
     head_examples: int = 800  # answerable rows the span head is trained on (those the generator did not see first)
     head_epochs: int = 4
@@ -73,6 +81,12 @@ class JointTrainConfig:
     # fields of the stages after the generator and of the final evaluation: a rerun may change them
     LATER = ("heldout_examples", "calibrate", "head_examples", "head_epochs", "head_lr", "retriever_examples",
              "reader_epochs", "reader_negatives", "reader_lr", "reader_null_answer")
+
+    def __post_init__(self) -> None:
+        if self.link not in ("distill", "attention"):
+            raise ValueError(f"link must be 'distill' or 'attention', got {self.link!r}")
+        if self.link_layers < 0:
+            raise ValueError(f"link_layers must be >= 0, got {self.link_layers}")
 
     def generator_run(self) -> dict[str, Any]:
         """The fields that change what the generator's training computes."""
@@ -179,7 +193,9 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
         log(f"{read - len(rows)} of {read} rows skipped: the answer lies past max_source_tokens of its source")
     order = _order(len(rows), cfg)
     generator = model.generator
+    link = AttentionLink(model, cfg) if cfg.link == "attention" else None
     params = [p for p in generator.parameters() if p.requires_grad]
+    shared = params + (link.params if link is not None else [])  # what the ranks keep equal
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps = math.ceil(len(order) / cfg.grad_accum)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
@@ -190,14 +206,17 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
         set_peft_model_state_dict(generator, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if link is not None:
+            link.load_state_dict(state["link"])
         start = state["examples"]
         log(f"resuming at example {start}/{len(order)}")
-    distributed.broadcast(world, params)
+    distributed.broadcast(world, shared)
 
     def save_state(examples: int) -> None:
         tmp = state_file.with_suffix(".tmp")
         torch.save({"adapter": get_peft_model_state_dict(generator), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "examples": examples}, tmp)
+                    "scheduler": scheduler.state_dict(), "examples": examples,
+                    **({"link": link.state_dict()} if link is not None else {})}, tmp)
         tmp.replace(state_file)
 
     log_file = (out / "log.jsonl").open("a") if world.main else open(os.devnull, "w")
@@ -208,23 +227,28 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
         done = i + 1
         if (i % cfg.grad_accum) % world.size == world.rank:  # the step's examples, dealt round-robin to the ranks
             ex = row_example(model, rows[order[i]])
+            biased = link.inputs(rows[order[i]], ex) if link is not None else {}  # source_ids, source_bias
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = generator(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels])).loss
+                loss = generator(input_ids=torch.tensor([ex.input_ids]), labels=torch.tensor([ex.labels]),
+                                 **biased).loss
             (loss / cfg.grad_accum).backward()
             window.append(float(loss.detach()))
         if done % cfg.grad_accum == 0 or done == len(order):
-            distributed.sum_gradients(world, params)  # the step's gradient over all its examples, on every rank
+            distributed.sum_gradients(world, shared)  # the step's gradient over all its examples, on every rank
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if link is not None:
+                link.step()
         if done % cfg.checkpoint_every == 0 or done == len(order):
             total, count = distributed.all_sum(world, [sum(window), len(window)])
             if world.main:
                 save_state(done)
                 rate = (done - start) / (time.perf_counter() - t0)
                 entry = {"examples": done, "of": len(order), "loss": round(total / max(count, 1), 4),
-                         "lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 3)}
+                         "lr": scheduler.get_last_lr()[0], "examples_per_s": round(rate, 3),
+                         **(link.window() if link is not None else {})}
                 log_file.write(json.dumps(entry) + "\n")
                 log_file.flush()
                 log(json.dumps(entry))
@@ -249,7 +273,9 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
         log("no reader trained (--reader-epochs 0): the checkpoint answers by the token walk")
         model.config, model.reader = dataclasses.replace(model.config, answer_by="walk"), None
     retriever = {}
-    if cfg.retriever_examples:
+    if link is not None:  # the tower trained with the generator: saved where the distillation stage saves its own
+        retriever = link.finish(out / "retriever", read_rows(heldout_path))
+    elif cfg.retriever_examples:
         retriever = train_question_tower(model, later[: cfg.retriever_examples], read_rows(heldout_path), cfg,
                                          out / "retriever", log_file, log)
     heldout = shown_rows(model, read_rows(heldout_path))[: cfg.heldout_examples]
@@ -414,6 +440,89 @@ def train_question_tower(model: JointModel, rows: list[dict[str, Any]], heldout:
             log_file.write(json.dumps({"retriever": entry}) + "\n")
         tower.save(folder)
     return {"retriever_base": rank_of_evidence(tower.base, heldout), "retriever": rank_of_evidence(tower, heldout)}
+
+
+class AttentionLink:
+    """``link="attention"``: the question tower (`retriever.QueryEncoder`, fresh adapters) trained with the generator,
+    through its attention (`biased_attention.py`).
+
+    Per example: the tower embeds the question (with gradients), the base encoder the row's sources as the model is
+    shown them (the index's own vectors: frozen, embedded once), and `biased_attention.retrieval_bias` of the scaled
+    scores ``scale * q . p`` — the log of each source's retrieval weight relative to uniform — is the ``source_bias``
+    of the generator's attention to that source's tokens in its last ``link_layers`` layers. The answer loss's
+    gradient reaches the tower's adapters through the bias (the kernel's source-bias gradient); the tower has its own
+    AdamW, stepped with the generator's optimizer. A row with one source gives the tower no gradient (its bias is 0).
+    """
+
+    def __init__(self, model: JointModel, cfg: JointTrainConfig):
+        import torch
+
+        from retrieve_generate_model.biased_attention import use_source_bias
+        from retrieve_generate_model.retriever import QueryEncoder
+
+        use_source_bias(model.generator)  # without the source kwargs (decoding, evaluation) it is plain SDPA
+        self.cfg = cfg
+        self.tower = QueryEncoder()
+        self.tower.model.train()
+        self.params = [p for p in self.tower.peft_model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.link_lr)
+        layers = model.generator.config.num_hidden_layers
+        depth = min(cfg.link_layers or model.config.lora_layers, layers)  # deeper than the adapters: a longer backward
+        self.layers = tuple(range(layers - depth, layers))
+        self.passages: dict[str, Any] = {}  # passage text -> its base vector (D,)
+        self.norms: list[float] = []  # the tower's gradient norm at each step since the last `window`
+
+    def inputs(self, row: dict[str, Any], ex: Example) -> dict[str, Any]:
+        """The generator's extra keyword arguments for ``row`` (whose example is ``ex``): ``source_ids`` (1, N),
+        ``source_bias`` (1, S) differentiable in the tower, ``source_layers``."""
+        import torch
+
+        from retrieve_generate_model.biased_attention import retrieval_bias, token_sources
+        from retrieve_generate_model.encoder import passage_text
+
+        texts = [passage_text(s.text, s.title, s.section) for s in row_sources(row)[: len(ex.source_ranges)]]
+        missing = [t for t in dict.fromkeys(texts) if t not in self.passages]
+        for text, vector in zip(missing, self.tower.base.embed_passages(missing)):
+            self.passages[text] = torch.from_numpy(vector)
+        P = torch.stack([self.passages[t] for t in texts])  # (S, D)
+        q = self.tower.forward([row["question"]])  # (1, D)
+        bias = retrieval_bias(self.tower.config.scale * q @ P.T)  # (1, S)
+        ids = torch.tensor([token_sources(len(ex.input_ids), ex.source_ranges)])  # (1, N)
+        return {"source_ids": ids, "source_bias": bias, "source_layers": self.layers}
+
+    def step(self) -> None:
+        """The tower's optimizer step on the gradients the generator's step left (clipped like the generator's)."""
+        import torch
+
+        self.norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def window(self) -> dict[str, Any]:
+        """For the training log: the tower's mean gradient norm over the steps since the last call."""
+        out, self.norms = {"tower_grad_norm": mean(self.norms)}, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        from peft import get_peft_model_state_dict
+
+        return {"tower": get_peft_model_state_dict(self.tower.peft_model), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.tower.peft_model, state["tower"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def finish(self, folder: Path, heldout: list[dict[str, Any]]) -> dict[str, Any]:
+        """Save the tower in ``folder`` (a checkpoint's ``retriever/``); the held-out rank of the evidence among each
+        row's sources by the base encoder and by the tower (as `train_question_tower` reports it)."""
+        from retrieve_generate_model.retriever import rank_of_evidence
+
+        self.tower.model.eval()
+        self.tower.save(folder)
+        return {"retriever_link": "attention", "retriever_base": rank_of_evidence(self.tower.base, heldout),
+                "retriever": rank_of_evidence(self.tower, heldout)}
 
 
 def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
