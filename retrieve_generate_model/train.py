@@ -452,6 +452,11 @@ class AttentionLink:
     of the generator's attention to that source's tokens in its last ``link_layers`` layers. The answer loss's
     gradient reaches the tower's adapters through the bias (the kernel's source-bias gradient); the tower has its own
     AdamW, stepped with the generator's optimizer. A row with one source gives the tower no gradient (its bias is 0).
+
+    Caution (seen 2026-12 in a short run at a high ``link_lr``): the answer loss alone can pull the tower toward
+    indifference (a flatter distribution over the sources, bias -> 0, the generator's unbiased attention) rather than
+    toward the evidence, and its held-out ranking of the evidence fell; there is no contrastive term beside it here,
+    as `train_retriever` has beside the distillation.
     """
 
     def __init__(self, model: JointModel, cfg: JointTrainConfig):
