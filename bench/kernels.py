@@ -38,7 +38,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the repository root first, and not bench/ itself: bench/kernels.py would shadow the `kernels` package that
+# transformers imports
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from bench.common import markdown_table, save_results, update_benchmarks_md  # noqa: E402
 from retrieve_generate_model.kernels import retrieval_attention, source_biased_attention  # noqa: E402
