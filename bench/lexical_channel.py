@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -166,7 +167,7 @@ def main() -> None:
     made = (f"the channel loaded from {args.model} (not retrained here)" if loaded
             else f"the channel trained in {train_s} s")
     report = {"train": {"rows": args.train, "history": history, "seconds": train_s}, "results": [], "paired": [],
-              "command": "python " + " ".join(sys.argv)}
+              "command": "python " + shlex.join(sys.argv)}
     for dataset, limit in DATASETS:
         if args.only and not dataset.startswith(args.only):
             continue
