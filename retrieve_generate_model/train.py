@@ -17,7 +17,9 @@ After the generator, further stages; those that learn from its frozen weights us
 Or, with ``link="attention"`` (``--link attention``), the question tower trains with the generator instead of after
 it (`AttentionLink`): its scores of each row's sources bias the generator's attention to their tokens
 (`biased_attention.py`, the source-biased attention kernel), so the answer loss itself moves the tower's adapters;
-saved as ``OUT/retriever/`` all the same, and the distillation stage is not run.
+saved as ``OUT/retriever/`` all the same, and the distillation stage is not run. The checkpoint records the bias's
+depth (`JointConfig.source_bias_layers`) and answers with it: `JointModel.answer` passes the tower's bias of the
+sources on every forward of its decoding, as training did (`biased_attention.tower_bias`).
 
 Resumable: every ``checkpoint_every`` examples the adapters, the optimizer, the scheduler and the position in the
 (seeded) example order are saved under ``OUT/state/``; the same command continues from there, and a finished stage is
@@ -194,6 +196,9 @@ def _train_joint(train_path, heldout_path, out, cfg, model_cfg, score, log, worl
     order = _order(len(rows), cfg)
     generator = model.generator
     link = AttentionLink(model, cfg) if cfg.link == "attention" else None
+    if link is not None:  # the checkpoint answers with the bias it trained with (`JointModel.answer`)
+        model.config = dataclasses.replace(model.config, source_bias_layers=len(link.layers))
+        model.tower = link.tower
     params = [p for p in generator.parameters() if p.requires_grad]
     shared = params + (link.params if link is not None else [])  # what the ranks keep equal
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -462,7 +467,7 @@ class AttentionLink:
     def __init__(self, model: JointModel, cfg: JointTrainConfig):
         import torch
 
-        from retrieve_generate_model.biased_attention import use_source_bias
+        from retrieve_generate_model.biased_attention import last_layers, use_source_bias
         from retrieve_generate_model.retriever import QueryEncoder
 
         use_source_bias(model.generator)  # without the source kwargs (decoding, evaluation) it is plain SDPA
@@ -473,7 +478,7 @@ class AttentionLink:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.link_lr)
         layers = model.generator.config.num_hidden_layers
         depth = min(cfg.link_layers or model.config.lora_layers, layers)  # deeper than the adapters: a longer backward
-        self.layers = tuple(range(layers - depth, layers))
+        self.layers = last_layers(layers, depth)
         self.passages: dict[str, Any] = {}  # passage text -> its base vector (D,)
         self.norms: list[float] = []  # the tower's gradient norm at each step since the last `window`
 
@@ -482,16 +487,10 @@ class AttentionLink:
         ``source_bias`` (1, S) differentiable in the tower, ``source_layers``."""
         import torch
 
-        from retrieve_generate_model.biased_attention import retrieval_bias, token_sources
-        from retrieve_generate_model.encoder import passage_text
+        from retrieve_generate_model.biased_attention import token_sources, tower_bias
 
-        texts = [passage_text(s.text, s.title, s.section) for s in row_sources(row)[: len(ex.source_ranges)]]
-        missing = [t for t in dict.fromkeys(texts) if t not in self.passages]
-        for text, vector in zip(missing, self.tower.base.embed_passages(missing)):
-            self.passages[text] = torch.from_numpy(vector)
-        P = torch.stack([self.passages[t] for t in texts])  # (S, D)
-        q = self.tower.forward([row["question"]])  # (1, D)
-        bias = retrieval_bias(self.tower.config.scale * q @ P.T)  # (1, S)
+        sources = row_sources(row)[: len(ex.source_ranges)]
+        bias = tower_bias(self.tower, row["question"], sources, self.passages)  # (1, S)
         ids = torch.tensor([token_sources(len(ex.input_ids), ex.source_ranges)])  # (1, N)
         return {"source_ids": ids, "source_bias": bias, "source_layers": self.layers}
 
@@ -539,8 +538,9 @@ def route_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]:
     for row in rows:
         ex = row_example(model, row)
         at = ex.labels.index(next(t for t in ex.labels if t != -100)) + len(layout.route) - 1  # predicts the route
-        with torch.inference_mode():
-            logits = model.generator(input_ids=torch.tensor([ex.input_ids[: at + 1]])).logits[0, -1]
+        with torch.inference_mode():  # with the source bias the model answers with, where it has one
+            biased = model.source_inputs(row["question"], row_sources(row), ex.source_ranges, at + 1)
+            logits = model.generator(input_ids=torch.tensor([ex.input_ids[: at + 1]]), **biased).logits[0, -1]
         margins.append(float(logits[abstain_tok] - logits[answer_tok]))
     return margins
 
