@@ -144,7 +144,7 @@ def test_decoding_with_a_cache_continues_the_biased_prompt(generator):
 def multi_source_rows(n: int = 6, k: int = 3) -> list[dict]:
     """tests/conftest.py's station rows, each with the evidence among k sources (the others' evidence as
     distractors, the evidence at position i % k): one-source rows give the question tower no gradient."""
-    from conftest import station_rows
+    from tests.conftest import station_rows
 
     rows = station_rows(n)
     out = []

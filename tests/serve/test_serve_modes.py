@@ -45,7 +45,9 @@ def test_an_ivf_index_is_searched_with_the_flags_given(prompted_server):
     exact_ids, exact_weights = retrieved(asker, AnnSearchConfig(use=False), 3)
     default_ids, default_weights = retrieved(asker, AnnSearchConfig(), 3)
     assert default_ids == exact_ids and default_weights == pytest.approx(exact_weights, rel=1e-4)
-    assert sum(served[1]) > 1.5 * sum(exact_weights)  # normalized over one list, not the whole memory
+    # normalized over one list, not the whole memory: more weight on the same top 3 (by how much depends on how many
+    # rows k-means put in the probed list: a factor 1.15 to 2 was seen, the partition varying with faiss' threads)
+    assert sum(served[1]) > 1.02 * sum(exact_weights)
 
 
 def test_the_prompted_answerer_answers_and_streams_its_record(prompted_server):
