@@ -48,6 +48,7 @@ from retrieve_generate_model.records import Source
 from retrieve_generate_model.train import JointTrainConfig
 from rewards.rl import RLConfig
 from rewards.segmenter_rl import SegmenterRLConfig
+from synth_pipeline.pairs import PairsConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
 
@@ -325,6 +326,34 @@ def _cmd_synth_qa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_pairs(args: argparse.Namespace) -> int:
+    from ragless.ask import Asker
+    from synth_pipeline.pairs import PairsConfig, make_pairs
+    from synth_pipeline.qa import split_by_doc, summarize, write_examples
+
+    if not Path(args.index, "manifest.json").is_file():
+        raise UsageError(f"ragless synth pairs: no index at {args.index} (make one with `ragless ingest`)")
+    try:
+        cfg = from_args(PairsConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless synth pairs: {e}") from None
+    asker = Asker(args.index)
+    segments = [source for source in asker.sources(asker.reader.iter_segments())]
+    rows = list(make_pairs(segments, asker.retrieve, cfg, seed=args.seed))
+    if not rows:
+        raise UsageError(f"ragless synth pairs: no segment of the {len(segments)} has two prose sentences long enough")
+    train, heldout = split_by_doc(rows, args.heldout_fraction, args.seed)
+    out = Path(args.out)
+    made_from = {"index": str(args.index), "generation": asker.reader.generation, "segments": len(segments),
+                 "made_by": "synth_pipeline.pairs"}
+    write_examples(train, out / "train.parquet", cfg, args.seed, {"made_from": made_from})
+    write_examples(heldout, out / "heldout.parquet", cfg, args.seed, {"made_from": made_from})
+    summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:
     from preprocess_model.train import train_segmenter
 
@@ -384,9 +413,9 @@ def _cmd_train_calibrate(args: argparse.Namespace) -> int:
 def _cmd_train_lexical(args: argparse.Namespace) -> int:
     from retrieve_generate_model.lexical import train_lexical_checkpoint
 
-    for path in (args.train, args.heldout):
+    for path in (*args.train, args.heldout):
         if not Path(path).is_file():
-            raise UsageError(f"ragless train lexical: no file {path} (make one with `ragless synth qa`)")
+            raise UsageError(f"ragless train lexical: no file {path} (make one with `ragless synth qa` or `pairs`)")
     try:
         cfg, model_cfg = from_args(LexicalTrainConfig, args), from_args(LexicalConfig, args)
         report = train_lexical_checkpoint(args.train, args.heldout, args.out, cfg, model_cfg,
@@ -589,6 +618,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(k, QAConfig)
     k.set_defaults(func=_cmd_synth_qa)
 
+    k = kinds.add_parser("pairs", help="retrieval pairs from an index's segments (a sentence restated as a claim-like "
+                                       "query, its segment as the evidence), for `train lexical`")
+    k.add_argument("--index", required=True, help="an index made by `ragless ingest` over the corpus to learn from")
+    k.add_argument("--out", required=True, help="folder for train.parquet, heldout.parquet and summary.json")
+    k.add_argument("--seed", type=int, default=0, help="sentences, words dropped and the held-out split (default: 0)")
+    k.add_argument("--heldout-fraction", type=float, default=0.05, help="documents held out (default: 0.05)")
+    add_dataclass_args(k, PairsConfig)
+    k.set_defaults(func=_cmd_synth_pairs)
+
     p = sub.add_parser("train", help="train a model of ragless on data made by `ragless synth`")
     models = p.add_subparsers(dest="model", required=True)
     m = models.add_parser("segmenter", help="the segmentation model (resumable: run the same command again)")
@@ -618,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = models.add_parser("lexical", help="the retriever's learned lexical channel (into a checkpoint's lexical/ "
                                           "folder; indexes made with it must be re-ingested)")
-    m.add_argument("--train", required=True, help="training rows (Parquet, from `ragless synth qa`)")
+    m.add_argument("--train", required=True, action="append",
+                   help="training rows (Parquet, from `ragless synth qa` or `ragless synth pairs`; repeatable)")
     m.add_argument("--heldout", required=True, help="held-out rows: evidence recall@1, dense vs fused")
     m.add_argument("--out", required=True, help="folder of the channel, e.g. checkpoints/joint/lexical")
     add_dataclass_args(m, LexicalTrainConfig)

@@ -349,7 +349,7 @@ def heldout_recall(rows: list[dict[str, Any]], model: LexicalModel, encoder: Enc
             "gold_score_margin_fused": round(float(np.mean(fused[rows_at, gold] - fused.max(1))), 4)}
 
 
-def train_lexical_checkpoint(train: str | Path, heldout: str | Path, out: str | Path,
+def train_lexical_checkpoint(train: str | Path | Sequence[str | Path], heldout: str | Path, out: str | Path,
                              cfg: LexicalTrainConfig | None = None, model_cfg: LexicalConfig | None = None,
                              log: Callable[[str], None] = print) -> dict[str, Any]:
     """`ragless train lexical`: train the channel on synthetic rows, check it on held-out ones, and save it (with
@@ -361,14 +361,15 @@ def train_lexical_checkpoint(train: str | Path, heldout: str | Path, out: str | 
     encoder = Encoder()
     torch.manual_seed(cfg.seed)
     model = LexicalModel(model_cfg, vocab_mask=vocab_mask(encoder))
-    rows = pq.read_table(train).to_pylist()
+    trains = [train] if isinstance(train, (str, Path)) else list(train)
+    rows = [row for path in trains for row in pq.read_table(path).to_pylist()]
     t0 = time.perf_counter()
     history = train_lexical(rows, model, encoder, cfg, log=log)
     seconds = round(time.perf_counter() - t0, 1)
     check = heldout_recall(pq.read_table(heldout).to_pylist(), model, encoder)
     log(json.dumps({"heldout": check}))
     model.save(out)
-    report = {"train": str(train), "heldout": str(heldout), "rows": len(rows), "config": asdict(cfg),
+    report = {"train": [str(t) for t in trains], "heldout": str(heldout), "rows": len(rows), "config": asdict(cfg),
               "history": history, "heldout_check": check, "train_seconds": seconds,
               "fingerprint": model.fingerprint()}
     (Path(out) / "report.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -175,3 +175,28 @@ def test_synth_train_then_ingest_with_the_learned_segmenter(tmp_path, capsys):
     assert manifest["components"]["segmenter"]["name"] == "learned"
     assert run(capsys, "train", "segmenter", "--train", str(tmp_path / "nope.parquet"), "--heldout", "x", "--out",
                str(tmp_path / "o"))[0] == 2
+
+
+def test_synth_pairs_then_train_lexical_on_two_files(tmp_path, encoder, capsys):
+    import pyarrow.parquet as pq
+
+    from tests.ragless.test_ingest import ingest, write_corpus
+
+    index = tmp_path / "index"
+    ingest(index, write_corpus(tmp_path / "corpus", 8), encoder)
+    code, out, err = run(capsys, "synth", "pairs", "--index", str(index), "--out", str(tmp_path / "pairs"),
+                         "--heldout-fraction", "0.25", "--per-segment", "1")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["train"]["rows"] > 0 and summary["heldout"]["rows"] > 0 and summary["train"]["kinds"] == {
+        "claim": summary["train"]["rows"]}
+    train, held = tmp_path / "pairs" / "train.parquet", tmp_path / "pairs" / "heldout.parquet"
+    code, out, err = run(capsys, "train", "lexical", "--train", str(train), "--train", str(held), "--heldout",
+                         str(held), "--out", str(tmp_path / "lexical"), "--epochs", "1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "lexical" / "report.json").read_text())
+    assert report["train"] == [str(train), str(held)]
+    assert report["rows"] == pq.read_metadata(train).num_rows + pq.read_metadata(held).num_rows
+    code, _, err = run(capsys, "synth", "pairs", "--index", str(index), "--out", str(tmp_path / "x"),
+                       "--cut-fraction", "2")
+    assert code == 2 and "cut_fraction" in err
