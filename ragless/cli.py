@@ -300,58 +300,49 @@ def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_synth_qa(args: argparse.Namespace) -> int:
+def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made: str,
+                made_by: dict[str, str] | None = None) -> int:
+    """`ragless synth qa|pairs`: rows made by ``make(segments, retrieve, cfg, seed=...)`` over an index's segments,
+    split by document and written as train.parquet, heldout.parquet and summary.json; ``none_made`` says why no row
+    came out (with ``{n}`` segments)."""
     from ragless.ask import Asker
-    from synth_pipeline.qa import QAConfig, make_examples, split_by_doc, summarize, write_examples
-
-    if not Path(args.index, "manifest.json").is_file():
-        raise UsageError(f"ragless synth qa: no index at {args.index} (make one with `ragless ingest`)")
-    try:
-        cfg = from_args(QAConfig, args)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"ragless synth qa: {e}") from None
-    asker = Asker(args.index)
-    segments = [source for source in asker.sources(asker.reader.iter_segments())]
-    rows = list(make_examples(segments, asker.retrieve, cfg, seed=args.seed))
-    if not rows:
-        raise UsageError(f"ragless synth qa: no question survived the round trip over {len(segments)} segments")
-    train, heldout = split_by_doc(rows, args.heldout_fraction, args.seed)
-    out = Path(args.out)
-    made_from = {"index": str(args.index), "generation": asker.reader.generation, "segments": len(segments)}
-    write_examples(train, out / "train.parquet", cfg, args.seed, {"made_from": made_from})
-    write_examples(heldout, out / "heldout.parquet", cfg, args.seed, {"made_from": made_from})
-    summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps(summary))
-    return 0
-
-
-def _cmd_synth_pairs(args: argparse.Namespace) -> int:
-    from ragless.ask import Asker
-    from synth_pipeline.pairs import PairsConfig, make_pairs
     from synth_pipeline.qa import split_by_doc, summarize, write_examples
 
     if not Path(args.index, "manifest.json").is_file():
-        raise UsageError(f"ragless synth pairs: no index at {args.index} (make one with `ragless ingest`)")
+        raise UsageError(f"ragless synth {kind}: no index at {args.index} (make one with `ragless ingest`)")
     try:
-        cfg = from_args(PairsConfig, args)
+        cfg = from_args(config_cls, args)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"ragless synth pairs: {e}") from None
+        raise UsageError(f"ragless synth {kind}: {e}") from None
     asker = Asker(args.index)
     segments = [source for source in asker.sources(asker.reader.iter_segments())]
-    rows = list(make_pairs(segments, asker.retrieve, cfg, seed=args.seed))
+    rows = list(make(segments, asker.retrieve, cfg, seed=args.seed))
     if not rows:
-        raise UsageError(f"ragless synth pairs: no segment of the {len(segments)} has two prose sentences long enough")
+        raise UsageError(f"ragless synth {kind}: " + none_made.format(n=len(segments)))
     train, heldout = split_by_doc(rows, args.heldout_fraction, args.seed)
     out = Path(args.out)
     made_from = {"index": str(args.index), "generation": asker.reader.generation, "segments": len(segments),
-                 "made_by": "synth_pipeline.pairs"}
+                 **(made_by or {})}
     write_examples(train, out / "train.parquet", cfg, args.seed, {"made_from": made_from})
     write_examples(heldout, out / "heldout.parquet", cfg, args.seed, {"made_from": made_from})
     summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(summary))
     return 0
+
+
+def _cmd_synth_qa(args: argparse.Namespace) -> int:
+    from synth_pipeline.qa import make_examples
+
+    return _synth_rows(args, "qa", QAConfig, make_examples, "no question survived the round trip over {n} segments")
+
+
+def _cmd_synth_pairs(args: argparse.Namespace) -> int:
+    from synth_pipeline.pairs import make_pairs
+
+    return _synth_rows(args, "pairs", PairsConfig, make_pairs,
+                       "no segment of the {n} has two prose sentences long enough",
+                       {"made_by": "synth_pipeline.pairs"})
 
 
 def _cmd_train_segmenter(args: argparse.Namespace) -> int:

@@ -75,8 +75,8 @@ def restate(sentence: str, lang: str, drop: float, keep_at_least: int, rng) -> s
     return " ".join(w for w, d in zip(words, dropped) if not d)
 
 
-def draft_pairs(segment: Source, cfg: PairsConfig, seed: int) -> list[tuple[int, tuple[int, int], str, bool]]:
-    """``(n, sentence span, query, cut)`` for the sentences of ``segment`` chosen as queries."""
+def draft_pairs(segment: Source, cfg: PairsConfig, seed: int) -> list[tuple[int, tuple[int, int], str, bool, str]]:
+    """``(n, sentence span, query, cut, lang)`` for the sentences of ``segment`` chosen as queries."""
     rng = _seeded(seed, segment.seg_id, "pairs")
     lang = detect_lang(segment.text)
     spans = [(a, b) for a, b in sentences(segment.text)
@@ -89,7 +89,7 @@ def draft_pairs(segment: Source, cfg: PairsConfig, seed: int) -> list[tuple[int,
     for n, i in enumerate(chosen):
         a, b = spans[i]
         query = restate(segment.text[a:b], lang, cfg.drop_words, cfg.min_content, rng)
-        out.append((n, (a, b), query, rng.random() < cfg.cut_fraction))
+        out.append((n, (a, b), query, rng.random() < cfg.cut_fraction, lang))
     return out
 
 
@@ -109,8 +109,8 @@ def make_pairs(segments: Iterable[Source], retrieve: Callable[[list[str], int], 
 
 
 def _rows(drafts, retrieve, cfg: PairsConfig) -> Iterator[dict[str, Any]]:
-    ranked = retrieve([query for _, (_, _, query, _) in drafts], cfg.k + 1)
-    for (gold, (n, (a, b), query, cut)), hits in zip(drafts, ranked):
+    ranked = retrieve([query for _, (_, _, query, _, _) in drafts], cfg.k + 1)
+    for (gold, (n, (a, b), query, cut, lang)), hits in zip(drafts, ranked):
         rows = [_source_row(h) for h in hits if h.seg_id != gold.seg_id][: cfg.k - 1]
         rank = next((i for i, h in enumerate(hits) if h.seg_id == gold.seg_id), None)
         at = min(rank if rank is not None else len(rows), len(rows))
@@ -118,7 +118,7 @@ def _rows(drafts, retrieve, cfg: PairsConfig) -> Iterator[dict[str, Any]]:
         rows.insert(at, _source_row(gold, text))
         yield {
             "example_id": f"{gold.seg_id}/c{n}", "doc_id": gold.doc_id, "seg_id": gold.seg_id,
-            "lang": detect_lang(gold.text), "question": query, "question_origin": "claim-cut" if cut else "claim",
+            "lang": lang, "question": query, "question_origin": "claim-cut" if cut else "claim",
             "answer_kind": "claim", "answer": "", "answerable": True, "kind": "claim", "sources": rows,
             "relied": [at], "answer_start": -1, "answer_end": -1, "quote_source": -1, "quote_start": -1,
             "quote_end": -1,
