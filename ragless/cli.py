@@ -51,6 +51,7 @@ from rewards.segmenter_rl import SegmenterRLConfig
 from synth_pipeline.pairs import PairsConfig
 from synth_pipeline.qa import QAConfig
 from synth_pipeline.segmentation import SynthConfig
+from synth_pipeline.writers import WriterConfig
 
 ENGINES = ("local", "ray")  # where ingestion and evaluation run: this process, or Ray Data (ragless/ray_engine.py)
 
@@ -301,10 +302,10 @@ def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
 
 
 def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made: str,
-                made_by: dict[str, str] | None = None) -> int:
+                made_by: dict[str, str] | None = None, extra=None) -> int:
     """`ragless synth qa|pairs`: rows made by ``make(segments, retrieve, cfg, seed=...)`` over an index's segments,
     split by document and written as train.parquet, heldout.parquet and summary.json; ``none_made`` says why no row
-    came out (with ``{n}`` segments)."""
+    came out (with ``{n}`` segments); ``extra()``, called once the rows are made, adds to the summary."""
     from ragless.ask import Asker
     from synth_pipeline.qa import split_by_doc, summarize, write_examples
 
@@ -325,7 +326,8 @@ def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made
                  **(made_by or {})}
     write_examples(train, out / "train.parquet", cfg, args.seed, {"made_from": made_from})
     write_examples(heldout, out / "heldout.parquet", cfg, args.seed, {"made_from": made_from})
-    summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed}
+    summary = {**made_from, "train": summarize(train), "heldout": summarize(heldout), "seed": args.seed,
+               **(extra() if extra else {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(summary))
     return 0
@@ -334,7 +336,40 @@ def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made
 def _cmd_synth_qa(args: argparse.Namespace) -> int:
     from synth_pipeline.qa import make_examples
 
-    return _synth_rows(args, "qa", QAConfig, make_examples, "no question survived the round trip over {n} segments")
+    try:
+        writer_cfg = from_args(WriterConfig, args)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless synth qa: {e}") from None
+    if writer_cfg.writer == "rules":
+        return _synth_rows(args, "qa", QAConfig, make_examples,
+                           "no question survived the round trip over {n} segments")
+    from ragless.components import checkpoint_path
+    from retrieve_generate_model.reader import CONFIG_FILE as READER_CONFIG
+    from retrieve_generate_model.reader import AnswerReader
+    from synth_pipeline.writers import QuestionWriter, WriterError
+
+    reader_dir = Path(args.round_trip_reader)
+    if not (reader_dir / READER_CONFIG).is_file():  # a joint checkpoint, by name or path: its answer reader
+        try:
+            reader_dir = checkpoint_path(args.round_trip_reader) / "reader"
+        except ValueError as e:
+            raise UsageError(f"ragless synth qa: --round-trip-reader: {e}") from None
+    if not (reader_dir / READER_CONFIG).is_file():
+        raise UsageError(f"ragless synth qa: no answer reader at {reader_dir} (--round-trip-reader: a reader folder "
+                         "or a joint checkpoint with one)")
+    if not Path(args.index, "manifest.json").is_file():
+        raise UsageError(f"ragless synth qa: no index at {args.index} (make one with `ragless ingest`)")
+    try:
+        writer = QuestionWriter(writer_cfg, AnswerReader.load(reader_dir), cache=Path(args.out) / "written.jsonl",
+                                seed=args.seed)
+    except WriterError as e:
+        raise UsageError(f"ragless synth qa: {e}") from None
+
+    def make(segments, retrieve, cfg, seed):
+        return make_examples(segments, retrieve, cfg, seed=seed, rewrite=writer)
+
+    return _synth_rows(args, "qa", QAConfig, make, "no question survived the round trip over {n} segments",
+                       {"round_trip_reader": str(reader_dir)}, extra=lambda: {"writer": writer.report()})
 
 
 def _cmd_synth_pairs(args: argparse.Namespace) -> int:
@@ -607,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0, help="spans, questions and the held-out split (default: 0)")
     k.add_argument("--heldout-fraction", type=float, default=0.05, help="documents held out (default: 0.05)")
     add_dataclass_args(k, QAConfig)
+    add_dataclass_args(k, WriterConfig)
+    k.add_argument("--round-trip-reader", default="joint", help="with --writer generator|teacher: the answer reader "
+                   "that must recover the answer from a written question (a reader folder or a joint checkpoint; "
+                   "default: the shipped joint checkpoint's)")
     k.set_defaults(func=_cmd_synth_qa)
 
     k = kinds.add_parser("pairs", help="retrieval pairs from an index's segments (a sentence restated as a claim-like "

@@ -12,7 +12,9 @@ preprocessing model cut, so the training sources look like the ones retrieved at
    ``cloze="in-situ"``, the clause kept whole and grammatical with a question phrase in the span's place
    (`in_situ_question`: "The tower opened on what date in Paris?"). They teach
    the model to find the sentence that matches the question and copy the span it asks for; the question word (by
-   kind, and for names by context: Who, Where, What) tells what kind of span to copy.
+   kind, and for names by context: Who, Where, What) tells what kind of span to copy. Optionally a language model
+   rewrites them in its own words (`synth_pipeline.writers`: the bundled generator, or a teacher endpoint the user
+   configures), each written question round-tripped through the answer reader before it replaces the rules' one.
 3. **Round trip** (`round_trip`): a pair is kept only if answering the question from its segment recovers the span:
    the sentence of the segment that shares the most content words with the question must be the span's own sentence,
    the span must not be in the question, and the question must hold enough of the sentence to be answerable.
@@ -627,18 +629,21 @@ def make_examples(
     cfg: QAConfig | None = None,
     seed: int = 0,
     batch: int = 256,
+    rewrite: Callable[[list[_Draft]], list[_Draft]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Training rows for the joint model from corpus ``segments``; ``retrieve(questions, k)`` ranks segments of the
-    same corpus for each question (the hard negatives). See the module docstring; the row layout is `ROW_FIELDS`."""
+    same corpus for each question (the hard negatives). ``rewrite``, when given, may replace the rules' questions of
+    each batch of drafts (`synth_pipeline.writers.QuestionWriter`: a language model's questions, round-tripped) before
+    their sources are retrieved. See the module docstring; the row layout is `ROW_FIELDS`."""
     cfg = cfg or QAConfig()
     drafts: list[_Draft] = []
     for segment in segments:
         drafts.extend(draft_questions(segment, cfg, seed))
         if len(drafts) >= batch:
-            yield from _examples(drafts, retrieve, cfg, seed)
+            yield from _examples(rewrite(drafts) if rewrite else drafts, retrieve, cfg, seed)
             drafts = []
     if drafts:
-        yield from _examples(drafts, retrieve, cfg, seed)
+        yield from _examples(rewrite(drafts) if rewrite else drafts, retrieve, cfg, seed)
 
 
 def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Iterator[dict[str, Any]]:
