@@ -494,6 +494,9 @@ class JointModel:
         trace = {"completion": completion_text(route, relied, text, [(n, shown_sources[n].text[a:b])
                                                                       for n, a, b in quotes]),
                  "ids": decoder.ids, "prompt_length": len(prompt), "decisions": decoder.decisions}
+        if biased and sampler is not None:  # the bias over the whole sampled sequence, for its log-probabilities
+            with torch.no_grad():  # not inference mode: these tensors enter the RL update's graph as inputs
+                trace["source_inputs"] = self.source_inputs(question, sources, ranges, len(decoder.ids))
         if route == "abstain":
             return Rollout(Answer(text=ABSTAIN_TEXT, abstained=True, route="abstain", sources=list(sources),
                                   timings=timings), **trace)
@@ -566,13 +569,16 @@ class Sampler:
 @dataclass
 class Rollout:
     """A sampled answer with what its training needs: the prompt and every token fed after it (``ids``), the
-    decisions taken, and the completion in the layout's text form (`completion_text`)."""
+    decisions taken, and the completion in the layout's text form (`completion_text`). ``source_inputs``: for a
+    model whose attention is biased by its sources (`JointModel.source_inputs`), the bias over all of ``ids``, so
+    that a forward pass over them (`rewards.rl.rollout_logprobs`) scores the policy that sampled; empty otherwise."""
 
     answer: Answer
     completion: str
     ids: list[int]
     prompt_length: int
     decisions: list[Decision]
+    source_inputs: dict[str, Any] = field(default_factory=dict)
 
 
 def completion_text(route: str, relied: list[int], answer: str, quotes: list[tuple[int, str]]) -> str:

@@ -108,13 +108,15 @@ def reward_columns(rows: list[dict[str, Any]], k: int) -> dict[str, list[Any]]:
 
 def rollout_logprobs(generator, rollout, temperature: float, grad: bool):
     """(1, D) log-probabilities of a rollout's D decisions under ``generator``, each over its allowed tokens (with
-    the decoder's bias); one forward pass over the rollout's ids."""
+    the decoder's bias); one forward pass over the rollout's ids, with the sources' attention bias the rollout was
+    sampled with (`Rollout.source_inputs`; none for a model without it)."""
     import torch
 
     decisions = rollout.decisions
     positions = torch.tensor([d.position for d in decisions])
     with torch.set_grad_enabled(grad):
-        logits = generator(input_ids=torch.tensor([rollout.ids])).logits[0, positions].float()  # (D, V)
+        logits = generator(input_ids=torch.tensor([rollout.ids]), **rollout.source_inputs
+                           ).logits[0, positions].float()  # (D, V)
     allowed = torch.zeros_like(logits, dtype=torch.bool)
     bias = torch.zeros_like(logits)
     for i, d in enumerate(decisions):

@@ -4,6 +4,7 @@ steps included; a checkpoint without the field answers exactly as before, on pla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -147,3 +148,33 @@ def test_save_and_load_keep_the_field_and_the_tower(biased, tmp_path):
         JointModel.load(tmp_path / "again")
     with pytest.raises(ValueError, match="source_bias_layers"):
         model.config.__class__(source_bias_layers=-1)
+
+
+def test_rollouts_carry_the_bias_so_rl_scores_the_policy_that_sampled(biased, tiny_joint):
+    """A sampled rollout of the biased model keeps the bias over its whole sequence (`Rollout.source_inputs`), and
+    `rewards.rl.rollout_logprobs` (one forward pass, with gradients) gives back the sampler's own log-probabilities;
+    the same pass without the bias does not. An answer that is not sampled carries none."""
+    from retrieve_generate_model.joint import Sampler
+    from rewards.rl import rollout_logprobs
+
+    _, model = biased
+    sources = station_sources(tiny_joint)
+    rollout = model.rollout(QUESTION, sources, Sampler(temperature=1.5, seed=0))
+    assert rollout.decisions and rollout.source_inputs["source_ids"].shape == (1, len(rollout.ids))
+    sampled = torch.tensor([d.logp for d in rollout.decisions])
+    adapters = [p for name, p in model.generator.named_parameters() if "lora_" in name]
+    for p in adapters:  # as `train_rl` makes them: the update's graph runs through the biased attention
+        p.requires_grad_(True)
+    try:
+        recomputed = rollout_logprobs(model.generator, rollout, 1.5, grad=True)[0]
+        recomputed.sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
+    finally:
+        for p in adapters:
+            p.requires_grad_(False)
+            p.grad = None
+    torch.testing.assert_close(recomputed.detach(), sampled, atol=2e-3, rtol=0)
+    unbiased = dataclasses.replace(rollout, source_inputs={})
+    with torch.no_grad():
+        assert (rollout_logprobs(model.generator, unbiased, 1.5, grad=False)[0] - sampled).abs().max() > 1e-3
+    assert model._answer(QUESTION, sources, None).source_inputs == {}
