@@ -301,6 +301,11 @@ def _cmd_synth_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_index(index: str, command: str) -> None:
+    if not Path(index, "manifest.json").is_file():
+        raise UsageError(f"ragless {command}: no index at {index} (make one with `ragless ingest`)")
+
+
 def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made: str,
                 made_by: dict[str, str] | None = None, extra=None) -> int:
     """`ragless synth qa|pairs`: rows made by ``make(segments, retrieve, cfg, seed=...)`` over an index's segments,
@@ -309,8 +314,7 @@ def _synth_rows(args: argparse.Namespace, kind: str, config_cls, make, none_made
     from ragless.ask import Asker
     from synth_pipeline.qa import split_by_doc, summarize, write_examples
 
-    if not Path(args.index, "manifest.json").is_file():
-        raise UsageError(f"ragless synth {kind}: no index at {args.index} (make one with `ragless ingest`)")
+    _require_index(args.index, f"synth {kind}")
     try:
         cfg = from_args(config_cls, args)
     except (TypeError, ValueError) as e:
@@ -357,8 +361,7 @@ def _cmd_synth_qa(args: argparse.Namespace) -> int:
     if not (reader_dir / READER_CONFIG).is_file():
         raise UsageError(f"ragless synth qa: no answer reader at {reader_dir} (--round-trip-reader: a reader folder "
                          "or a joint checkpoint with one)")
-    if not Path(args.index, "manifest.json").is_file():
-        raise UsageError(f"ragless synth qa: no index at {args.index} (make one with `ragless ingest`)")
+    _require_index(args.index, "synth qa")  # before the writer is made: a bad path costs no model load
     try:
         writer = QuestionWriter(writer_cfg, AnswerReader.load(reader_dir), cache=Path(args.out) / "written.jsonl",
                                 seed=args.seed)

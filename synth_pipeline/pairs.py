@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retrieve_generate_model.records import Source
-from synth_pipeline.qa import _WORD, _seeded, _source_row, content_words, detect_lang, is_prose, sentences
+from synth_pipeline.qa import _WORD, _source_row, content_words, detect_lang, is_prose, seeded, sentences
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def restate(sentence: str, lang: str, drop: float, keep_at_least: int, rng) -> s
 
 def draft_pairs(segment: Source, cfg: PairsConfig, seed: int) -> list[tuple[int, tuple[int, int], str, bool, str]]:
     """``(n, sentence span, query, cut, lang)`` for the sentences of ``segment`` chosen as queries."""
-    rng = _seeded(seed, segment.seg_id, "pairs")
+    rng = seeded(seed, segment.seg_id, "pairs")
     lang = detect_lang(segment.text)
     spans = [(a, b) for a, b in sentences(segment.text)
              if len(segment.text[a:b].split()) >= cfg.min_words and is_prose(segment.text[a:b])

@@ -458,7 +458,9 @@ def clip_quote(text: str, sentence: tuple[int, int], start: int, end: int, max_w
 # ------------------------------------------------------------------------------------------------------- examples
 
 
-def _seeded(seed: int, *parts: Any) -> random.Random:
+def seeded(seed: int, *parts: Any) -> random.Random:
+    """A generator drawn from ``(seed, *parts)`` alone (JSON-serializable parts): the same draws whatever else ran
+    before, in whatever order the rows are made."""
     digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
@@ -494,7 +496,7 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
     """The questions made from one segment that survive the round trip (at most ``cfg.questions_per_segment``)."""
     text = segment.text
     lang = detect_lang(text)
-    rng = _seeded(seed, segment.seg_id, "questions")
+    rng = seeded(seed, segment.seg_id, "questions")
     candidates = [
         (sent, (sent[0] + s, sent[0] + e), kind)
         for sent in sentences(text) if is_prose(text[sent[0]:sent[1]])
@@ -649,7 +651,7 @@ def make_examples(
 def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Iterator[dict[str, Any]]:
     ranked = retrieve([d.question for d in drafts], cfg.k + 1)
     for draft, hits in zip(drafts, ranked):
-        rng = _seeded(seed, draft.segment.seg_id, draft.n, "example")
+        rng = seeded(seed, draft.segment.seg_id, draft.n, "example")
         gold = draft.segment
         rank = next((i for i, h in enumerate(hits) if h.seg_id == gold.seg_id), None)
         unanswerable = rng.random() < cfg.unanswerable_fraction

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from model_common.answer_metrics import token_f1
+from synth_pipeline.qa import seeded  # the drafts' own seeding: the draw does not depend on batch order
 
 TEACHER_KEY_ENV = "RAGLESS_TEACHER_API_KEY"
 
@@ -290,11 +291,9 @@ class QuestionWriter:
     def __call__(self, drafts: list) -> list:
         """The drafts (`synth_pipeline.qa._Draft`), those drawn for the writer with its question where it passed the
         round trip."""
-        from synth_pipeline.qa import _seeded  # the drafts' own seeding: the draw does not depend on batch order
-
         origin = self.config.writer
         chosen = [i for i, d in enumerate(drafts)
-                  if _seeded(self.seed, d.segment.seg_id, d.n, "writer").random() < self.config.written_fraction]
+                  if seeded(self.seed, d.segment.seg_id, d.n, "writer").random() < self.config.written_fraction]
         prompts = []
         for i in chosen:
             d = drafts[i]
