@@ -14,7 +14,15 @@ from typing import Any
 
 from preprocess_model.segmenting import Segmenter
 from ragless.baselines import FixedWindowConfig, FixedWindowSegmenter
+from ragless.store import StoreError
 from retrieve_generate_model.encoder import Encoder, EncoderConfig
+
+
+class StaleIndex(StoreError, ValueError):
+    """The index was made by components this install no longer has (another segmenter, encoder or lexical channel's
+    weights): its vectors cannot be compared with new ones, so it must be re-ingested. The CLI reports it and exits
+    with status 2."""
+
 
 LEARNED = "learned"
 DEFAULT_SEGMENTER = LEARNED  # the shipped segmentation model (checkpoints/segmenter); "fixed-window" is the baseline
@@ -48,7 +56,7 @@ def make_segmenter(name: str = DEFAULT_SEGMENTER, config: dict[str, Any] | None 
         checkpoint = (config or {}).get("checkpoint", SEGMENTER_CHECKPOINT)
         segmenter = LearnedSegmenter(checkpoint_path(checkpoint), label=checkpoint)
         if config and "weights" in config and stored(segmenter.config()) != config:
-            raise ValueError(
+            raise StaleIndex(
                 f"the index was cut by segmenter {config}, this install has {stored(segmenter.config())}: re-ingest"
             )
         return segmenter
@@ -138,7 +146,7 @@ def lexical_for(manifest: dict[str, Any], encoder: Encoder | None = None):
     model = lexical_channel(config["checkpoint"], encoder)
     if model is None or model.fingerprint() != config["weights"]:
         found = "no lexical channel" if model is None else f"weights {model.fingerprint()}"
-        raise ValueError(f"the index's lexical vectors were made by {config['checkpoint']} with weights "
+        raise StaleIndex(f"the index's lexical vectors were made by {config['checkpoint']} with weights "
                          f"{config['weights']}; that checkpoint now has {found}: re-ingest")
     return model
 
@@ -148,7 +156,7 @@ def encoder_for(manifest: dict[str, Any]) -> Encoder:
     recorded = manifest["components"]["encoder"]
     encoder = make_encoder(recorded["name"], recorded["config"])
     if stored(encoder.config()) != recorded["config"]:
-        raise ValueError(
+        raise StaleIndex(
             f"the index's vectors were made by {recorded['config']}, this install has {encoder.config()}: re-ingest"
         )
     return encoder

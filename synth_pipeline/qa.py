@@ -80,8 +80,15 @@ class QAConfig:
     # about up to N of its spans, one after another: questions that share their sentence's words and differ in what
     # they ask for, so that the reader must read the question word (not only find the gap) to choose the span
     questions_per_sentence: int = 0
+    # the kinds of span asked about (empty: every kind of `answer_candidates`, plus "person" for names of people);
+    # "thing" (a short lower-case phrase after a determiner) is the noisiest: often not a noun phrase ("superior",
+    # "shoulder twice aboard"), and a reader trained on it learns loose span boundaries
+    answer_kinds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.answer_kinds) - ANSWER_KINDS)
+        if unknown:
+            raise ValueError(f"answer_kinds: unknown kind(s) {unknown}; known: {sorted(ANSWER_KINDS)}")
         if self.cloze not in ("in-situ", "wh-cloze"):
             raise ValueError(f"cloze must be 'in-situ' or 'wh-cloze', got {self.cloze!r}")
         if not 0.0 <= self.swapped_fraction <= 1.0:
@@ -169,6 +176,8 @@ _CANDIDATES = (
                          r"(?: (?!(?:of|in|on|at|by|for|and|or|to|from|with|was|is|were|are|that|which)\b)"
                          r"[a-zà-ÿ][\w-]+){0,2})")),
 )
+# what `QAConfig.answer_kinds` may name: the candidates' kinds, and "person" (a name the text also writes in full)
+ANSWER_KINDS = frozenset(kind for kind, _ in _CANDIDATES) | {"person"}
 
 
 def detect_lang(text: str) -> str:
@@ -506,6 +515,8 @@ def draft_questions(segment: Source, cfg: QAConfig, seed: int) -> list[_Draft]:
     people = surnames(text, lang)
     candidates = [(sent, span, "person" if kind == "name" and text[span[0]:span[1]] in people else kind)
                   for sent, span, kind in candidates]
+    if cfg.answer_kinds:
+        candidates = [c for c in candidates if c[2] in cfg.answer_kinds]
     if cfg.numeric_weight == 1.0:
         rng.shuffle(candidates)
     else:  # a weighted random order (Efraimidis & Spirakis): numeric kinds come first more often

@@ -37,7 +37,8 @@ def test_retrieval_attention_matches_exact_search_and_normalizes_over_the_memory
     assert asker.retrieve([]) == [] and len(asker.retrieve(["x"], k=1000)[0]) == len(asker.reader)
 
 
-def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tmp_path, encoder, lexical_checkpoint):
+def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tmp_path, encoder, lexical_checkpoint,
+                                                                             capsys):
     import torch
 
     from ragless.components import lexical_channel, make_segmenter
@@ -73,3 +74,7 @@ def test_an_index_with_the_lexical_channel_retrieves_by_the_exact_fused_score(tm
     model.save(checkpoint / "lexical")
     with pytest.raises(ValueError, match="re-ingest"):
         Asker(tmp_path / "index", AskConfig(answerer="prompted"))
+    from ragless.cli import main  # the command line says so and exits 2, without a traceback
+
+    assert main(["ask", "--index", str(tmp_path / "index"), "violin?"]) == 2
+    assert "re-ingest" in capsys.readouterr().err

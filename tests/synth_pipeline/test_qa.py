@@ -214,6 +214,24 @@ def test_questions_per_sentence_asks_one_sentence_about_several_of_its_spans():
         QAConfig(questions_per_sentence=-1)
 
 
+def test_answer_kinds_keeps_only_the_kinds_asked_for_and_the_budget_goes_to_them():
+    every = [r for seed in range(4) for r in make_examples(segments(), lexical_retrieve, QAConfig(), seed=seed)]
+    assert "thing" in {r["answer_kind"] for r in every}  # the fixture has lower-case phrases to ask about
+    kept = ("name", "person", "date", "year", "number", "measure", "quoted")
+    cfg = QAConfig(answer_kinds=kept)
+    rows = [r for seed in range(4) for r in make_examples(segments(), lexical_retrieve, cfg, seed=seed)]
+    assert rows and {r["answer_kind"] for r in rows} <= set(kept)
+    # the answerable questions are not simply the unfiltered ones minus the "thing"s: the segment's question budget is
+    # spent on the kinds kept
+    answerable = [r for r in rows if r["answerable"]]
+    assert len(answerable) >= sum(r["answerable"] and r["answer_kind"] != "thing" for r in every)
+    assert any(not r["answerable"] for r in rows)  # unanswerables are still made from the questions kept
+    only_years = QAConfig(answer_kinds=("year",))
+    assert {r["answer_kind"] for r in make_examples(segments(), lexical_retrieve, only_years, seed=0)} <= {"year"}
+    with pytest.raises(ValueError, match="unknown kind"):
+        QAConfig(answer_kinds=("names",))
+
+
 def test_a_surname_of_a_person_named_in_full_is_asked_with_who():
     text = ("Nikola Tesla moved to New York in 1884 to work for Thomas Edison. Edison offered Tesla a job at his "
             "Machine Works in Manhattan. Tesla left the company after six months over an unpaid bonus.")
