@@ -25,7 +25,8 @@ preprocessing model cut, so the training sources look like the ones retrieved at
    withheld (only the negatives), or — the near miss that SQuAD 2.0 is made of — the evidence segment is kept with
    the answer's sentence cut out of it, or (``swapped_fraction``) the evidence kept whole and the question changed
    to ask about something it does not say: a name, year or number of the question swapped for another of the same
-   kind from a segment retrieved beside the evidence (SQuAD 2.0's "entity swap"). The target is then to abstain.
+   kind from a segment retrieved beside the evidence (SQuAD 2.0's "entity swap"), or (``perturbed_fraction``) its
+   sense turned by an antonym or a negation the evidence does not support. The target is then to abstain.
 6. **Multi-source**: every source that holds the answer where the question's words are (not only the one the
    question was made from) is a source the answer may rely on; the target ranks the evidence segment first.
 
@@ -75,6 +76,10 @@ class QAConfig:
     shuffle_window: float = 0.0  # words move at most this many places (0: order kept)
     swapped_fraction: float = 0.4  # of the unanswerables: the evidence kept whole, a name or number of the question
     #                                swapped for one of a retrieved segment that the evidence lacks (`swap_entity`)
+    # of the unanswerables not swapped: the evidence kept whole, the question's sense turned by an antonym ("first" ->
+    # "last") or a negation ("was built" -> "was not built") that the evidence does not support (`perturb_question`;
+    # SQuAD 2.0's "antonym" and "negation" kinds)
+    perturbed_fraction: float = 0.0
     numeric_weight: float = 3.0  # odds of a date, year, number or measure being the answer against a name or thing
     # 0: each question's sentence comes from the candidates' random order. N > 0: a sentence once chosen is asked
     # about up to N of its spans, one after another: questions that share their sentence's words and differ in what
@@ -91,8 +96,9 @@ class QAConfig:
             raise ValueError(f"answer_kinds: unknown kind(s) {unknown}; known: {sorted(ANSWER_KINDS)}")
         if self.cloze not in ("in-situ", "wh-cloze"):
             raise ValueError(f"cloze must be 'in-situ' or 'wh-cloze', got {self.cloze!r}")
-        if not 0.0 <= self.swapped_fraction <= 1.0:
-            raise ValueError(f"swapped_fraction must be in [0, 1], got {self.swapped_fraction}")
+        for name in ("swapped_fraction", "perturbed_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.drop_content_words < 1.0:
             raise ValueError(f"drop_content_words must be in [0, 1), got {self.drop_content_words}")
         if self.questions_per_sentence < 0:
@@ -612,6 +618,63 @@ def swap_entity(question: str, evidence: str, pool: Sequence[tuple[str, str]], r
 
 
 _SWAPPABLE = frozenset(("name", "year", "date", "number"))
+# words whose opposite turns a question's sense (SQuAD 2.0's "antonym" unanswerables), both ways
+_ANTONYMS = {
+    "en": dict(pair for a, b in (
+        ("first", "last"), ("largest", "smallest"), ("biggest", "smallest"), ("highest", "lowest"),
+        ("most", "least"), ("earliest", "latest"), ("before", "after"), ("north", "south"), ("east", "west"),
+        ("northern", "southern"), ("eastern", "western"), ("increase", "decrease"), ("increased", "decreased"),
+        ("won", "lost"), ("win", "lose"), ("older", "younger"), ("oldest", "youngest"), ("longest", "shortest"),
+        ("larger", "smaller"), ("higher", "lower"), ("more", "less"), ("early", "late"), ("best", "worst"),
+        ("major", "minor"), ("maximum", "minimum"), ("upper", "lower"), ("inside", "outside"), ("private", "public"),
+        ("accepted", "rejected"), ("allowed", "forbidden"), ("ancient", "modern"), ("began", "ended"),
+        ("start", "end"), ("started", "ended"), ("open", "closed"), ("opened", "closed"), ("rise", "fall"),
+        ("rose", "fell"), ("gained", "lost"), ("strong", "weak"), ("successful", "unsuccessful"),
+    ) for pair in ((a, b), (b, a))),
+    "fr": dict(pair for a, b in (
+        ("premier", "dernier"), ("première", "dernière"), ("avant", "après"), ("plus", "moins"), ("nord", "sud"),
+        ("est", "ouest"), ("hausse", "baisse"), ("public", "privé"), ("publique", "privée"), ("maximum", "minimum"),
+        ("début", "fin"), ("ouvert", "fermé"), ("ancien", "nouveau"), ("supérieur", "inférieur"),
+    ) for pair in ((a, b), (b, a))),
+}
+_ANTONYMS["fr"].pop("est")  # "est" is mostly the verb; "ouest" still turns to "est"
+# a negation goes after an auxiliary followed by a lower-case word that is not a function word ("was built")
+_NEGATABLE = {"en": re.compile(r"\b(?:is|are|was|were|has|have|had|can|could|will|would)\b(?= ([a-z][\w-]+))"),
+              "fr": re.compile(r"\b(?:est|sont|était|étaient|a|ont|avait|peut|doit)\b(?= ([a-zà-ÿ][\w-]+))")}
+_NEGATIONS = {"en": re.compile(r"\b(?:not|never|no|n't|none|nothing)\b|n't\b", re.I),
+              "fr": re.compile(r"\b(?:ne|n|pas|jamais|aucun|aucune|rien)\b", re.I)}
+
+
+def perturb_question(question: str, evidence: str, lang: str, rng: random.Random) -> str | None:
+    """``question`` with its sense turned so that ``evidence`` no longer answers it: one of its words replaced by its
+    opposite where the evidence never uses that opposite ("first" -> "last"), or else a negation after an auxiliary
+    ("was built" -> "was not built"); None when neither applies (or the question is negated already).
+
+    >>> perturb_question("Who was the first emperor of Rome?", "Augustus was the first emperor of Rome.", "en",
+    ...                  random.Random(0))
+    'Who was the last emperor of Rome?'
+    >>> perturb_question("Which team was defeated in 1810?", "Rome was defeated in 1810.", "en", random.Random(0))
+    'Which team was not defeated in 1810?'
+    """
+    if _NEGATIONS[lang].search(question):
+        return None
+    said = {w.lower() for w in _WORD.findall(evidence)}
+    words = [(m.start(), m.end()) for m in _WORD.finditer(question)]
+    swaps = [(s, e) for s, e in words if question[s:e].lower() in _ANTONYMS[lang]
+             and _ANTONYMS[lang][question[s:e].lower()] not in said]
+    if swaps:
+        s, e = rng.choice(swaps)
+        opposite = _ANTONYMS[lang][question[s:e].lower()]
+        return question[:s] + (opposite.capitalize() if question[s].isupper() else opposite) + question[e:]
+    auxiliaries = [m for m in _NEGATABLE[lang].finditer(question) if m.group(1) not in _FUNCTION_WORDS[lang]]
+    if not auxiliaries:
+        return None
+    m = rng.choice(auxiliaries)
+    if lang == "fr":  # "a été construit" -> "n'a pas été construit"
+        verb = m.group()
+        negated = ("n'" if verb[0] in "aeéiou" else "ne ") + verb + " pas"
+        return question[:m.start()] + negated + question[m.end():]
+    return question[:m.end()] + " not" + question[m.end():]
 
 
 def _spans_of(sources: Iterable[Source]) -> list[tuple[str, str]]:
@@ -671,7 +734,9 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
         # other sources: without the answer, or (answerable examples) holding it where the question's words are
         negatives = [h for h in hits if h.seg_id != gold.seg_id and (
             draft.answer not in h.text or (not unanswerable and _holds_answer(h, draft)))][: cfg.k - 1]
-        near_miss = unanswerable and not swapped and rng.random() < cfg.near_miss_fraction
+        perturbed = unanswerable and not swapped and cfg.perturbed_fraction > 0 and \
+            rng.random() < cfg.perturbed_fraction and perturb_question(draft.question, gold.text, draft.lang, rng)
+        near_miss = unanswerable and not swapped and not perturbed and rng.random() < cfg.near_miss_fraction
         rows = [_source_row(h) for h in negatives]
         at = min(rank if rank is not None else len(rows), len(rows))  # the evidence where the retriever put it
         if unanswerable and near_miss:
@@ -680,11 +745,12 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             if draft.answer in cut or not cut:
                 continue
             rows.insert(at, _source_row(gold, cut))
-        elif not unanswerable or swapped:
+        elif not unanswerable or swapped or perturbed:
             rows.insert(at, _source_row(gold))
         if not rows:
             continue
-        kind = "swapped" if swapped else "near-miss" if near_miss else "withheld" if unanswerable else "span"
+        kind = "swapped" if swapped else "perturbed" if perturbed else "near-miss" if near_miss else \
+            "withheld" if unanswerable else "span"
         relied, quote = [], None
         if not unanswerable:
             gold_at = next(i for i, r in enumerate(rows) if r["seg_id"] == gold.seg_id)
@@ -697,7 +763,7 @@ def _examples(drafts: list[_Draft], retrieve, cfg: QAConfig, seed: int) -> Itera
             "doc_id": gold.doc_id,
             "seg_id": gold.seg_id,
             "lang": draft.lang,
-            "question": swapped or draft.question,
+            "question": swapped or perturbed or draft.question,
             "question_origin": draft.origin,
             "answer_kind": draft.kind,
             "answer": draft.answer if not unanswerable else "",

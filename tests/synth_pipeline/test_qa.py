@@ -22,6 +22,7 @@ from synth_pipeline.qa import (
     is_prose,
     make_examples,
     noisy_question,
+    perturb_question,
     proper_elsewhere,
     question_word,
     round_trip,
@@ -146,6 +147,36 @@ def test_swapped_unanswerables_keep_the_evidence_and_ask_about_what_it_lacks():
         assert new  # the question asks about something the evidence does not hold
     with pytest.raises(ValueError, match="swapped_fraction"):
         QAConfig(swapped_fraction=1.5)
+
+
+def test_perturbed_unanswerables_keep_the_evidence_and_turn_the_question_s_sense():
+    base = QAConfig(unanswerable_fraction=1.0, swapped_fraction=0.0, questions_per_segment=3, k=3)
+    cfg = dataclasses.replace(base, perturbed_fraction=1.0)
+    rows = [(seed, r) for seed in range(6) for r in make_examples(segments(), lexical_retrieve, cfg, seed=seed)]
+    plain = {(seed, r["example_id"]): r["question"]  # the same drafts, asked as they were made
+             for seed in range(6) for r in make_examples(segments(), lexical_retrieve, base, seed=seed)}
+    perturbed = [(seed, r) for seed, r in rows if r["kind"] == "perturbed"]
+    assert perturbed and all(not r["answerable"] and r["answer"] == "" for _, r in perturbed)
+    texts = dict(zip((s.seg_id for s in segments()), TEXTS))
+    for seed, r in perturbed:
+        evidence = texts[r["seg_id"]][1]
+        assert evidence in [s["text"] for s in r["sources"]]  # kept whole, unlike a near miss
+        before = plain[seed, r["example_id"]]
+        assert r["question"] != before
+        # one word turned to its opposite, or a negation added ("not"; "n'est pas"), never what the evidence says
+        added = set(r["question"].lower().split()) - set(before.lower().split())
+        assert len(added) == 1 or added & {"not", "pas"}
+        assert all(w.strip("?") not in evidence.lower().split() for w in added)
+    # a question with nothing to turn is left to the other unanswerable kinds
+    assert perturb_question("Who built the lighthouse?", "Robert Stevenson built it.", "en", random.Random(0)) is None
+    assert perturb_question("Who was not the first emperor?", "Augustus was.", "en", random.Random(0)) is None
+    # the opposite must be something the evidence does not say
+    assert perturb_question("What is the first station?", "The first and last station.", "en",
+                            random.Random(0)) is None
+    assert perturb_question("Quel est le premier port ?", "Marseille est le premier port.", "fr",
+                            random.Random(0)) == "Quel est le dernier port ?"
+    with pytest.raises(ValueError, match="perturbed_fraction"):
+        QAConfig(perturbed_fraction=-0.1)
 
 
 def test_fronted_questions_ask_the_way_people_do():
