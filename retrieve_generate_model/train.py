@@ -582,25 +582,32 @@ def reader_margins(model: JointModel, rows: list[dict[str, Any]]) -> list[float]
 def calibrate(model: JointModel, heldout: list[dict[str, Any]]) -> dict[str, float | None]:
     """The abstention settings of ``model``'s config chosen on held-out rows: the route's ``abstain_bias``
     (`calibrate_abstain_bias`) and, for a reader with the "no answer" option, ``reader_abstain_margin``
-    (`calibrate_reader_threshold`, given that bias). The end of `train_joint`, and `ragless train calibrate` for a
-    checkpoint whose reader was trained apart."""
-    margins = route_margins(model, heldout)
+    (`calibrate_reader_threshold`, given that bias); with ``route_abstains`` off, the reader's threshold alone. The end
+    of `train_joint`, and `ragless train calibrate` for a checkpoint whose reader was trained apart."""
     answerable = [row["answerable"] for row in heldout]
-    out: dict[str, float | None] = {"abstain_bias": calibrate_abstain_bias(margins, answerable)}
+    out: dict[str, float | None] = {}
+    if model.config.route_abstains:
+        margins = route_margins(model, heldout)
+        out["abstain_bias"] = calibrate_abstain_bias(margins, answerable)
+        generator_abstains = [m + out["abstain_bias"] > 0 for m in margins]
+    else:  # the route always answers: the reader's threshold is the whole rule
+        generator_abstains = [False] * len(heldout)
     if model.reader is not None and model.reader.config.null_answer:
-        out["reader_abstain_margin"] = calibrate_reader_threshold(
-            reader_margins(model, heldout), [m + out["abstain_bias"] > 0 for m in margins], answerable)
+        out["reader_abstain_margin"] = calibrate_reader_threshold(reader_margins(model, heldout), generator_abstains,
+                                                                  answerable)
     return out
 
 
-def calibrate_checkpoint(folder: str | Path, heldout_path: str | Path, examples: int = 60) -> dict[str, Any]:
+def calibrate_checkpoint(folder: str | Path, heldout_path: str | Path, examples: int = 60,
+                         route_abstains: bool | None = None) -> dict[str, Any]:
     """`ragless train calibrate`: `calibrate` the checkpoint in ``folder`` on (the first ``examples`` of) the
-    held-out rows and save its config; returns the settings and the held-out report under them."""
+    held-out rows and save its config; returns the settings and the held-out report under them. ``route_abstains``,
+    when given, replaces the checkpoint's (`JointConfig.route_abstains`)."""
     from model_common.answer_metrics import exact_match, token_f1
 
-    model = JointModel.load(folder)
+    model = JointModel.load(folder, **({} if route_abstains is None else {"route_abstains": route_abstains}))
     heldout = shown_rows(model, read_rows(heldout_path))[:examples]
-    settings = calibrate(model, heldout)
+    settings = {"route_abstains": model.config.route_abstains, **calibrate(model, heldout)}
     model.config = dataclasses.replace(model.config, **settings)
     model.save_config(folder)
     report = evaluate_joint(model, heldout, lambda p, golds: (exact_match(p, golds), token_f1(p, golds)))

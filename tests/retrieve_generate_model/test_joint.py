@@ -375,10 +375,23 @@ def test_save_load_round_trip_and_training_moves_the_adapters(tmp_path, tiny_joi
     weights = (out / "reader" / "reader_head.safetensors").read_bytes()
     result = calibrate_checkpoint(out, tmp_path / "calibration.parquet", examples=2)
     saved = json.loads((out / "config.json").read_text())
-    assert result["heldout"]["n"] == 2 and set(result) == {"abstain_bias", "reader_abstain_margin", "heldout"}
+    assert result["heldout"]["n"] == 2
+    assert set(result) == {"route_abstains", "abstain_bias", "reader_abstain_margin", "heldout"}
     assert (saved["abstain_bias"], saved["reader_abstain_margin"]) == (result["abstain_bias"],
                                                                        result["reader_abstain_margin"])
     assert (out / "reader" / "reader_head.safetensors").read_bytes() == weights
+
+    # the route kept from abstaining: however strongly it leans to abstain, only the reader's margin declines
+    leaning = JointModel.load(out, abstain_bias=1e9, reader_abstain_margin=None)
+    assert leaning.answer(r["question"], row_sources(r)).abstained
+    assert not JointModel.load(out, abstain_bias=1e9, reader_abstain_margin=None, route_abstains=False).answer(
+        r["question"], row_sources(r)).abstained
+    bias = saved["abstain_bias"]
+    result = calibrate_checkpoint(out, tmp_path / "calibration.parquet", examples=2, route_abstains=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert set(result) == {"route_abstains", "reader_abstain_margin", "heldout"} and not saved["route_abstains"]
+    assert saved["abstain_bias"] == bias  # not recalibrated: unused while the route cannot abstain
+    assert not JointModel.load(out).config.route_abstains  # saved with the checkpoint
 
 
 def test_abstain_bias_calibration_balances_the_two_routes():

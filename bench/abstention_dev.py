@@ -1,0 +1,140 @@
+"""The abstention development set: do the joint model's two abstention signals tell real questions with and without
+their answer apart?
+
+Real questions, never trained on and never on the zero-shot articles: ``--limit`` SQuAD v1.1 dev questions of the 13
+*adapted* articles (`checkpoints/joint/squad-train-articles.txt`, sample seed 0; the set `bench/reader_dev.py` chooses
+readers on), each asked twice with ``k`` paragraphs of its own article, as articles mode shows them:
+
+- *answerable*: its gold paragraph and the ``k - 1`` other paragraphs of the article that share the most content
+  words with the question, in that order of overlap;
+- *unanswerable*: the ``k`` paragraphs of the article that share the most words with it and hold none of its answers
+  (the evidence withheld, the near neighbours kept).
+
+For each case the checkpoint's two signals are read: the generator's route margin (abstain logit minus answer logit
+where it writes the route, `route_margins`) and the reader's no-answer margin (`no_answer_margin`). Reported: each
+signal's AUROC (chance that an unanswerable case scores above an answerable one), and the abstention rates under the
+checkpoint's own rule (route with ``abstain_bias``, or reader margin above ``reader_abstain_margin``) and under the
+reader's margin alone. SQuAD v2.0's unanswerables (written to look answerable) are harder than withheld evidence: a
+signal at chance here will be at chance there.
+
+    python bench/abstention_dev.py --checkpoint checkpoints/joint --out bench/results/abstention_dev/joint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# the repository root first, and not bench/ itself: bench/kernels.py would shadow the `kernels` package that
+# transformers imports
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+from bench.common import git_commit, machine  # noqa: E402
+from bench.reader_abstention import auroc  # noqa: E402
+from ragless.eval.datasets import load, sample_questions  # noqa: E402
+from synth_pipeline.qa import content_words  # noqa: E402
+
+
+def cases(data: str, articles: str, limit: int, seed: int, k: int) -> list[dict]:
+    """Each sampled question as an answerable and an unanswerable case: ``{qid, question, answerable, paragraphs}``."""
+    adapted = set(Path(articles).read_text().splitlines()) - {""}
+    evalset = load("squad-v1.1", data)
+    pool = [q for q in evalset.questions
+            if q.answerable and q.evidence and evalset.document(q.evidence[0].doc_id).title in adapted]
+    out = []
+    for q in sample_questions(pool, limit, seed):
+        gold = q.evidence[0]
+        text = evalset.document(gold.doc_id).text
+        words = content_words(q.question, q.lang)
+        others = [text[a:b] for a, b in evalset.passages[gold.doc_id] if (a, b) != (gold.char_start, gold.char_end)]
+        ranked = sorted(others, key=lambda t: -len(words & content_words(t, q.lang)))  # stable: article order on ties
+        evidence = text[gold.char_start: gold.char_end]
+        shown = sorted([evidence] + ranked[: k - 1], key=lambda t: -len(words & content_words(t, q.lang)))
+        without = [t for t in ranked if not any(a in t for a in q.answers)][:k]
+        if len(without) < k:
+            continue
+        out.append({"qid": q.qid, "question": q.question, "answerable": True, "paragraphs": shown})
+        out.append({"qid": q.qid, "question": q.question, "answerable": False, "paragraphs": without})
+    return out
+
+
+def signals(model, rows: list[dict]) -> tuple[list[float], list[float]]:
+    """The route margins and the reader's no-answer margins of ``rows``."""
+    from retrieve_generate_model.joint import shown_source
+    from retrieve_generate_model.reader import no_answer_margin
+    from retrieve_generate_model.records import Source
+    from retrieve_generate_model.train import route_margins
+
+    def source_dict(n: int, text: str) -> dict:
+        return {"seg_id": f"p{n}", "doc_id": "d", "title": "", "section": "", "text": text, "char_start": 0,
+                "char_end": len(text), "score": 1.0}
+
+    # the route is read before any answer token: the same row layout serves both kinds (written as unanswerable)
+    synth_rows = [{"question": r["question"], "sources": [source_dict(n, t) for n, t in enumerate(r["paragraphs"])],
+                   "answerable": False, "relied": [], "answer": "", "quote_source": -1, "quote_start": -1,
+                   "quote_end": -1, "answer_start": -1, "answer_end": -1} for r in rows]
+    route = route_margins(model, synth_rows)
+    reader = []
+    for r in rows:
+        shown = [shown_source(model.layout, Source(f"p{n}", "d", 1.0, t, 0, len(t)), model.config.max_source_tokens)[0]
+                 .text for n, t in enumerate(r["paragraphs"])]
+        reader.append(no_answer_margin(*model.reader.read(r["question"], shown)))
+    return route, reader
+
+
+def rates(abstains: np.ndarray, answerable: np.ndarray) -> dict[str, float]:
+    return {"abstain_on_unanswerable": round(float(abstains[~answerable].mean()), 4),
+            "abstain_on_answerable": round(float(abstains[answerable].mean()), 4),
+            "balanced_accuracy": round(float((abstains[~answerable].mean() + (~abstains[answerable]).mean()) / 2), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default="checkpoints/joint")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--articles", default="checkpoints/joint/squad-train-articles.txt")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="JSON report (per-case margins included)")
+    args = ap.parse_args()
+
+    from retrieve_generate_model.joint import JointModel
+
+    model = JointModel.load(args.checkpoint)
+    if model.reader is None or not model.reader.config.null_answer:
+        raise SystemExit(f"{args.checkpoint}: no reader with the 'no answer' option")
+    rows = cases(args.data, args.articles, args.limit, args.seed, model.config.k)
+    t0 = time.perf_counter()
+    route, reader = signals(model, rows)
+    answerable = np.array([r["answerable"] for r in rows])
+    route, reader = np.array(route), np.array(reader)
+    cfg = model.config
+    threshold = np.inf if cfg.reader_abstain_margin is None else cfg.reader_abstain_margin
+    report = {
+        "benchmark": "abstention_dev", "commit": git_commit(), "machine": machine(),
+        "command": "python bench/abstention_dev.py " + " ".join(sys.argv[1:]), "checkpoint": args.checkpoint,
+        "n_answerable": int(answerable.sum()), "n_unanswerable": int((~answerable).sum()), "k": cfg.k,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "auroc": {"route": round(auroc(route[~answerable], route[answerable]), 4),
+                  "reader": round(auroc(reader[~answerable], reader[answerable]), 4)},
+        "checkpoint_rule": {"abstain_bias": cfg.abstain_bias, "reader_abstain_margin": cfg.reader_abstain_margin,
+                            **rates((route + cfg.abstain_bias > 0) | (reader > threshold), answerable)},
+        "reader_alone": rates(reader > threshold, answerable),
+        "route_alone": rates(route + cfg.abstain_bias > 0, answerable),
+        "per_case": [{"qid": r["qid"], "answerable": r["answerable"], "route_margin": float(a),
+                      "reader_margin": float(b)} for r, a, b in zip(rows, route, reader)],
+    }
+    print(json.dumps({k: v for k, v in report.items() if k not in ("per_case", "machine")}))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
