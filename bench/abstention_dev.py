@@ -18,6 +18,7 @@ reader's margin alone. SQuAD v2.0's unanswerables (written to look answerable) a
 signal at chance here will be at chance there.
 
     python bench/abstention_dev.py --checkpoint checkpoints/joint --out bench/results/abstention_dev/joint.json
+    python bench/abstention_dev.py --readers checkpoints/joint/reader data/runs/reader-v7 --out ...   # readers only
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def cases(data: str, articles: str, limit: int, seed: int, k: int) -> list[dict]
     return out
 
 
-def signals(model, rows: list[dict]) -> tuple[list[float], list[float]]:
-    """The route margins and the reader's no-answer margins of ``rows``."""
+def signals(model, rows: list[dict], route: bool = True) -> tuple[list[float] | None, list[float]]:
+    """The route margins (None without ``route``) and the reader's no-answer margins of ``rows``."""
     from retrieve_generate_model.joint import shown_source
     from retrieve_generate_model.reader import no_answer_margin
     from retrieve_generate_model.records import Source
@@ -79,13 +80,13 @@ def signals(model, rows: list[dict]) -> tuple[list[float], list[float]]:
     synth_rows = [{"question": r["question"], "sources": [source_dict(n, t) for n, t in enumerate(r["paragraphs"])],
                    "answerable": False, "relied": [], "answer": "", "quote_source": -1, "quote_start": -1,
                    "quote_end": -1, "answer_start": -1, "answer_end": -1} for r in rows]
-    route = route_margins(model, synth_rows)
+    margins = route_margins(model, synth_rows) if route else None
     reader = []
     for r in rows:
         shown = [shown_source(model.layout, Source(f"p{n}", "d", 1.0, t, 0, len(t)), model.config.max_source_tokens)[0]
                  .text for n, t in enumerate(r["paragraphs"])]
         reader.append(no_answer_margin(*model.reader.read(r["question"], shown)))
-    return route, reader
+    return margins, reader
 
 
 def rates(abstains: np.ndarray, answerable: np.ndarray) -> dict[str, float]:
@@ -101,24 +102,48 @@ def main() -> None:
     ap.add_argument("--articles", default="checkpoints/joint/squad-train-articles.txt")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--readers", nargs="+", metavar="FOLDER",
+                    help="reader folders to rank instead, in the checkpoint's layout and without its generator: each "
+                         "one's AUROC, the threshold of best balanced accuracy here and the rates at it")
     ap.add_argument("--out", help="JSON report (per-case margins included)")
     args = ap.parse_args()
 
     from retrieve_generate_model.joint import JointModel
+    from retrieve_generate_model.reader import AnswerReader
+    from retrieve_generate_model.train import calibrate_reader_threshold
 
     model = JointModel.load(args.checkpoint)
+    rows = cases(args.data, args.articles, args.limit, args.seed, model.config.k)
+    answerable = np.array([r["answerable"] for r in rows])
+    command = "python bench/abstention_dev.py " + " ".join(sys.argv[1:])
+    if args.readers:
+        report = {"benchmark": "abstention_dev", "commit": git_commit(), "machine": machine(), "command": command,
+                  "n_answerable": int(answerable.sum()), "n_unanswerable": int((~answerable).sum()), "readers": {}}
+        for folder in args.readers:
+            model.reader = AnswerReader.load(folder)
+            reader = np.array(signals(model, rows, route=False)[1])
+            # the threshold `ragless train calibrate` would choose on these cases (best balanced accuracy)
+            threshold = calibrate_reader_threshold([float(m) for m in reader], [False] * len(rows),
+                                                   [bool(a) for a in answerable])
+            entry = {"auroc": round(auroc(reader[~answerable], reader[answerable]), 4),
+                     "balanced_threshold": threshold,
+                     **rates(reader > (np.inf if threshold is None else threshold), answerable)}
+            print(json.dumps({"reader": folder, **entry}))
+            report["readers"][folder] = {**entry, "margins": [float(m) for m in reader]}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        return
     if model.reader is None or not model.reader.config.null_answer:
         raise SystemExit(f"{args.checkpoint}: no reader with the 'no answer' option")
-    rows = cases(args.data, args.articles, args.limit, args.seed, model.config.k)
     t0 = time.perf_counter()
     route, reader = signals(model, rows)
-    answerable = np.array([r["answerable"] for r in rows])
     route, reader = np.array(route), np.array(reader)
     cfg = model.config
     threshold = np.inf if cfg.reader_abstain_margin is None else cfg.reader_abstain_margin
     report = {
         "benchmark": "abstention_dev", "commit": git_commit(), "machine": machine(),
-        "command": "python bench/abstention_dev.py " + " ".join(sys.argv[1:]), "checkpoint": args.checkpoint,
+        "command": command, "checkpoint": args.checkpoint,
         "n_answerable": int(answerable.sum()), "n_unanswerable": int((~answerable).sum()), "k": cfg.k,
         "seconds": round(time.perf_counter() - t0, 1),
         "auroc": {"route": round(auroc(route[~answerable], route[answerable]), 4),
