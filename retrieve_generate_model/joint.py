@@ -656,7 +656,9 @@ class _Decoder:
         L = self.layout
         self._feed(L.route)
         answer_tok, abstain_tok = L.route_word["answer"][0], L.route_word["abstain"][0]
-        if cfg.route_abstains and self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) == abstain_tok:
+        route = self.choose([answer_tok, abstain_tok], {abstain_tok: cfg.abstain_bias}) if cfg.route_abstains else \
+            answer_tok  # the route kept from abstaining (`route_abstains`): the reader's margin decides
+        if route == abstain_tok:
             self._emit("route: abstain")
             return "abstain", [], "", []
         self._emit("route: answer\nsources:")
