@@ -99,14 +99,13 @@ def test_answering_passes_the_training_bias_on_every_step_and_matches_a_full_for
 
 
 def test_a_checkpoint_without_the_field_answers_as_before(biased, tiny_joint, tmp_path):
-    """The tiny checkpoint with its config written before the field (as checkpoints/joint's is): it loads with 0, no
-    tower, SDPA, and no forward of its decoding gets source arguments; its answer is the biased checkpoint's with the
-    bias switched off (the same adapters), field for field."""
+    """The tiny checkpoint with its config written before the field (as checkpoints written before it are): it loads
+    with 0, no tower, SDPA, and no forward of its decoding gets source arguments; its answer is the biased checkpoint's
+    with the bias switched off (the same adapters), field for field."""
     from retrieve_generate_model.joint import JointConfig, JointModel
 
     shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "joint" / "config.json"
-    assert "source_bias_layers" not in json.loads(shipped.read_text())
-    assert JointConfig.from_dict(json.loads(shipped.read_text())).source_bias_layers == 0
+    assert JointConfig.from_dict(json.loads(shipped.read_text())).source_bias_layers == 0  # the shipped one: no bias
     folder = tmp_path / "old"
     shutil.copytree(tiny_joint.folder, folder)
     config = json.loads((folder / "config.json").read_text())
