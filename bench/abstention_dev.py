@@ -66,11 +66,9 @@ def cases(data: str, articles: str, limit: int, seed: int, k: int) -> list[dict]
 
 
 def signals(model, rows: list[dict], route: bool = True) -> tuple[list[float] | None, list[float]]:
-    """The route margins (None without ``route``) and the reader's no-answer margins of ``rows``."""
-    from retrieve_generate_model.joint import shown_source
-    from retrieve_generate_model.reader import no_answer_margin
-    from retrieve_generate_model.records import Source
-    from retrieve_generate_model.train import route_margins
+    """The route margins (None without ``route``) and the reader's no-answer margins of ``rows``, read as
+    `ragless train calibrate` reads its held-out rows."""
+    from retrieve_generate_model.train import reader_margins, route_margins
 
     def source_dict(n: int, text: str) -> dict:
         return {"seg_id": f"p{n}", "doc_id": "d", "title": "", "section": "", "text": text, "char_start": 0,
@@ -80,19 +78,15 @@ def signals(model, rows: list[dict], route: bool = True) -> tuple[list[float] | 
     synth_rows = [{"question": r["question"], "sources": [source_dict(n, t) for n, t in enumerate(r["paragraphs"])],
                    "answerable": False, "relied": [], "answer": "", "quote_source": -1, "quote_start": -1,
                    "quote_end": -1, "answer_start": -1, "answer_end": -1} for r in rows]
-    margins = route_margins(model, synth_rows) if route else None
-    reader = []
-    for r in rows:
-        shown = [shown_source(model.layout, Source(f"p{n}", "d", 1.0, t, 0, len(t)), model.config.max_source_tokens)[0]
-                 .text for n, t in enumerate(r["paragraphs"])]
-        reader.append(no_answer_margin(*model.reader.read(r["question"], shown)))
-    return margins, reader
+    return (route_margins(model, synth_rows) if route else None), reader_margins(model, synth_rows)
 
 
 def rates(abstains: np.ndarray, answerable: np.ndarray) -> dict[str, float]:
+    from retrieve_generate_model.train import balanced_accuracy
+
     return {"abstain_on_unanswerable": round(float(abstains[~answerable].mean()), 4),
             "abstain_on_answerable": round(float(abstains[answerable].mean()), 4),
-            "balanced_accuracy": round(float((abstains[~answerable].mean() + (~abstains[answerable]).mean()) / 2), 4)}
+            "balanced_accuracy": round(balanced_accuracy(abstains.tolist(), answerable.tolist()), 4)}
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -614,6 +614,18 @@ def calibrate_checkpoint(folder: str | Path, heldout_path: str | Path, examples:
     return {**settings, "heldout": report}
 
 
+def balanced_accuracy(abstains: Sequence[bool], answerable: Sequence[bool]) -> float:
+    """The mean of the abstention rate on the unanswerable cases and the answer rate on the answerable ones: a rule
+    is judged on both kinds equally, whatever their shares.
+
+    >>> balanced_accuracy([True, False, True, False], [False, False, True, True])
+    0.5
+    """
+    declined = [x for x, a in zip(abstains, answerable) if not a]
+    answered = [not x for x, a in zip(abstains, answerable) if a]
+    return (sum(declined) / len(declined) + sum(answered) / len(answered)) / 2
+
+
 def calibrate_reader_threshold(margins: list[float], generator_abstains: list[bool],
                                answerable: list[bool]) -> float | None:
     """The reader's no-answer margin above which the model abstains even where the generator's route answers,
@@ -629,10 +641,7 @@ def calibrate_reader_threshold(margins: list[float], generator_abstains: list[bo
         return None
 
     def balanced(threshold: float) -> float:
-        abstains = [g or m > threshold for m, g in zip(margins, generator_abstains)]
-        pos = [x for x, a in zip(abstains, answerable) if not a]
-        neg = [not x for x, a in zip(abstains, answerable) if a]
-        return (sum(pos) / len(pos) + sum(neg) / len(neg)) / 2
+        return balanced_accuracy([g or m > threshold for m, g in zip(margins, generator_abstains)], answerable)
 
     cuts = sorted({m for m in margins if m != float("inf")})
     candidates = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + ([cuts[0] - 1.0] if cuts else [])
