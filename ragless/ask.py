@@ -6,13 +6,18 @@ judges whether the sources answer, ranks the ones it relies on, and answers with
 
     asker = Asker("my-index")
     answer = asker.ask("How do I renew a passport?")      # retrieval_module.records.Answer
+
+When the first sources fall short (the joint model's answer abstains) and the model rewrites questions (its
+``rewrite/`` adapters, ``rewrite_rounds`` 1), the rewritten question is retrieved once more and the question is
+answered from that round's sources (`answer_in_rounds`, which every caller shares: `Asker`, the HTTP service, the
+evaluation harness).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +41,49 @@ class AskConfig:
 def _source(seg: Segment, score: float, source: str, title: str) -> Source:
     return Source(seg_id=seg.seg_id, doc_id=seg.doc_id, score=score, text=seg.text, char_start=seg.char_start,
                   char_end=seg.char_end, source=source, title=title, section=seg.section)
+
+
+def answer_in_rounds(answerer, question: str, sources: list[Source], retrieve: Callable[[str], list[Source]] | None,
+                     document_text: Callable[[str], str], on_text: Callable[[str], None] | None = None) -> Answer:
+    """``answerer``'s answer to ``question`` from ``sources``, with one more retrieval round where the model asks
+    for it: when the answer abstains and the answerer rewrites the question (`JointModel.rewrite` gives a query;
+    answerers without one, or a model that does not rewrite, never do), ``retrieve(query)`` gives the second round's
+    sources and the question (as asked) is answered from them. That answer is the one returned, with
+    ``rewritten_query`` set and both rounds' timings (the first one's as ``first.*``); where the second round
+    retrieves the very segments of the first, the first answer stands (it would be the same). ``document_text(doc_id)``
+    is a document's text (each source is checked against it). ``on_text``: the completion's pieces, for streaming;
+    a second round is announced by a ``query:`` line before its pieces."""
+    answer = _answer(answerer, question, sources, document_text, on_text)
+    rewrite = getattr(answerer, "rewrite", None)
+    if not answer.abstained or retrieve is None or rewrite is None or not sources:
+        return answer
+    t0 = time.perf_counter()
+    query = rewrite(question)
+    if query is None:
+        return answer
+    t1 = time.perf_counter()
+    second = retrieve(query)
+    t2 = time.perf_counter()
+    timings = {**{f"first.{k}": v for k, v in answer.timings.items()}, "rewrite_s": round(t1 - t0, 4),
+               "retrieve2_s": round(t2 - t1, 4)}
+    if [s.seg_id for s in second] == [s.seg_id for s in sources]:
+        answer.rewritten_query = query
+        answer.timings = {**answer.timings, "rewrite_s": timings["rewrite_s"], "retrieve2_s": timings["retrieve2_s"]}
+        return answer
+    if on_text is not None:
+        on_text(f"\nquery: {query}\n")
+    final = _answer(answerer, question, second, document_text, on_text)
+    final.rewritten_query = query
+    final.timings = {**timings, **final.timings}
+    return final
+
+
+def _answer(answerer, question: str, sources: list[Source], document_text: Callable[[str], str],
+            on_text: Callable[[str], None] | None) -> Answer:
+    doc_texts = {s.doc_id: document_text(s.doc_id) for s in sources}
+    if on_text is not None:
+        return answerer.answer(question, sources, doc_texts, on_text=on_text)
+    return answerer.answer(question, sources, doc_texts)
 
 
 class Asker:
@@ -135,7 +183,7 @@ class Asker:
             t0 = time.perf_counter()
             sources = self.retrieve([question])[0]
             retrieve_s = time.perf_counter() - t0
-            doc_texts = {s.doc_id: self.reader.document(s.doc_id).text for s in sources}
-            answer = self.answerer.answer(question, sources, doc_texts)
+            answer = answer_in_rounds(self.answerer, question, sources, lambda query: self.retrieve([query])[0],
+                                      lambda doc_id: self.reader.document(doc_id).text)
             answer.timings = {"retrieve_s": round(retrieve_s, 4), **answer.timings}
             yield answer

@@ -45,6 +45,7 @@ from retrieve_generate_model.joint import JointConfig
 from retrieve_generate_model.lexical import LexicalConfig, LexicalTrainConfig
 from retrieve_generate_model.reader import AnswerReaderConfig, AnswerReaderTrainConfig
 from retrieve_generate_model.records import Source
+from retrieve_generate_model.rewrite import RewriteConfig, RewriteTrainConfig
 from retrieve_generate_model.train import JointTrainConfig
 from rewards.rl import RLConfig
 from rewards.segmenter_rl import SegmenterRLConfig
@@ -178,6 +179,8 @@ def _print_answer(question: str, answer, as_json: bool) -> None:
         return
     print(f"\nQ: {question}")
     print(f"A: {answer.text}" + ("  [abstained]" if answer.abstained else ""))
+    if answer.rewritten_query is not None:  # the first sources fell short: the sources are the second round's
+        print(f"   (retrieved again as: {answer.rewritten_query})")
     for i, c in enumerate(answer.citations, 1):
         print(f"   [{i}] \"{c.quote}\"")
         print(f"       {c.source}  (doc {c.doc_id}, segment {c.seg_id}, chars {c.char_start}-{c.char_end})")
@@ -552,6 +555,24 @@ def _cmd_train_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_rewrite(args: argparse.Namespace) -> int:
+    from ragless.components import checkpoint_path
+    from retrieve_generate_model.train import train_rewriter_alone
+
+    for path in [*args.train, args.heldout]:
+        if not Path(path).is_file():
+            raise UsageError(f"ragless train rewrite: no file {path} (make one with `ragless synth qa`)")
+    try:
+        checkpoint = checkpoint_path(args.checkpoint)
+        cfg, rewrite_cfg = from_args(RewriteTrainConfig, args), from_args(RewriteConfig, args)
+        report = train_rewriter_alone(args.train, args.heldout, checkpoint, args.out, cfg, rewrite_cfg,
+                                      log=lambda msg: print(msg, file=sys.stderr))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"ragless train rewrite: {e}") from None
+    print(json.dumps(report["heldout"]))
+    return 0
+
+
 def _cmd_index_build(args: argparse.Namespace) -> int:
     from ragless.ann import build_ann
 
@@ -686,6 +707,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, AnswerReaderTrainConfig)
     add_dataclass_args(m, AnswerReaderConfig, skip=("lora_targets",))
     m.set_defaults(func=_cmd_train_reader)
+
+    m = models.add_parser("rewrite", help="the joint model's query rewrite for a second retrieval round (into a "
+                                          "checkpoint's rewrite/ folder; resumable: run the same command again)")
+    m.add_argument("--train", required=True, action="append", help="training rows (`ragless synth qa`; repeatable)")
+    m.add_argument("--heldout", required=True, help="held-out rows: the loss before and after training")
+    m.add_argument("--checkpoint", default="joint", help="the joint checkpoint whose generator it adapts")
+    m.add_argument("--out", required=True, help="folder of the rewrite adapters, e.g. checkpoints/joint/rewrite")
+    add_dataclass_args(m, RewriteTrainConfig)
+    add_dataclass_args(m, RewriteConfig, skip=("lora_targets", "system_prompt"))
+    m.set_defaults(func=_cmd_train_rewrite)
 
     m = models.add_parser("lexical", help="the retriever's learned lexical channel (into a checkpoint's lexical/ "
                                           "folder; indexes made with it must be re-ingested)")

@@ -374,7 +374,9 @@ class RayIngestJob(IngestJob):
 
 class Answering:
     """The answer stage's actor: holds a system's answerer (none for retrieval only) and turns questions into report
-    rows with `ragless.eval.harness.question_row`, the function of the local loop."""
+    rows with `ragless.eval.harness.question_row`, the function of the local loop. Retrieval stays on the driver,
+    so answers here are from the first round only: a model that rewrites the question for a second retrieval round
+    (`ragless.ask.answer_in_rounds`) does so in the local loop, not on these actors."""
 
     def __init__(self, state, cfg, unit: str, ks: tuple[int, ...], answerer: str | None, cpus: float):
         _torch_threads(cpus)

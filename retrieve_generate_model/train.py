@@ -391,6 +391,44 @@ def train_reader_alone(train_paths: list[str | Path], heldout_path: str | Path, 
     return report
 
 
+def train_rewriter_alone(train_paths: list[str | Path], heldout_path: str | Path, checkpoint: str | Path,
+                         out: str | Path, cfg=None, rewrite_cfg=None, log: Callable[[str], None] = print,
+                         heldout_pairs: int = 200) -> dict[str, Any]:
+    """`ragless train rewrite`: the query rewrite adapters (`rewrite.py`) on the generator of the joint checkpoint
+    ``checkpoint``, trained on the (question, evidence sentence) pairs of `synth_pipeline.qa` rows and saved in
+    ``out`` (a checkpoint's ``rewrite/`` folder: `JointModel.load` picks it up), with the held-out loss before and
+    after in ``out/report.json``. Resumable: a rerun continues from the last kept step. Returns the report."""
+    import torch
+
+    from retrieve_generate_model.joint import JointModel
+    from retrieve_generate_model.rewrite import QueryRewriter, RewriteTrainConfig, train_rewriter, training_pairs
+
+    cfg = cfg or RewriteTrainConfig()
+    pairs = training_pairs([row for path in train_paths for row in read_rows(path)])
+    heldout = training_pairs(read_rows(heldout_path))[:heldout_pairs]
+    torch.manual_seed(cfg.seed)
+    model = JointModel.load(checkpoint)
+    rewriter = QueryRewriter(model.generator, model.tokenizer, rewrite_cfg)
+
+    def heldout_loss() -> float | None:
+        if not heldout:
+            return None
+        with rewriter.active(), torch.inference_mode():
+            losses = [float(rewriter.loss(heldout[i: i + cfg.batch_size])) for i in range(0, len(heldout),
+                                                                                         cfg.batch_size)]
+        return round(sum(losses) / len(losses), 4)
+
+    out = Path(out)
+    state = out.with_name(out.name + ".train.pt")
+    before = heldout_loss() if not state.is_file() else None  # a resumed run's adapters are no longer the start
+    history = train_rewriter(pairs, rewriter, cfg, save_to=out, log=log)
+    report = {"train": [str(p) for p in train_paths], "checkpoint": str(checkpoint), "pairs": len(pairs),
+              "history": history, "heldout": {"pairs": len(heldout), "loss_before": before,
+                                              "loss_after": heldout_loss()}}
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def reader_report(reader, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The reader's best span over each answerable row's sources against the row's answer: n, EM, F1 (SQuAD's
     normalization) and how often the span lies in the evidence; for a reader with the "no answer" option, how often

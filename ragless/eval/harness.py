@@ -185,25 +185,31 @@ class Answerers:
 
 
 def question_row(q: EvalQuestion, sources: list[Source], retrieve_s: float, cfg: EvalConfig, unit: str,
-                 ks: tuple[int, ...], answerer, document) -> dict[str, Any]:
+                 ks: tuple[int, ...], answerer, document, retrieve=None) -> dict[str, Any]:
     """One question's row of a report: its retrieval scored, and, with an ``answerer`` (None: retrieval only), its
     answer from the first ``cfg.answer_k`` sources, scored; ``document(doc_id)``: the corpus's `Document`. The
-    function every engine runs per question (here in a loop; `ragless.ray_engine` on Ray Data actors)."""
+    function every engine runs per question (here in a loop; `ragless.ray_engine` on Ray Data actors).
+    ``retrieve(query)``: the system's top ``cfg.answer_k`` for a rewritten question, for a second round where the
+    model rewrites (`ragless.ask.answer_in_rounds`; None: one round). Retrieval is scored on the first round."""
+    from ragless.ask import answer_in_rounds
+
     timings = {"retrieve_s": retrieve_s}
     stages: dict[str, float] = {}  # the answerer's own stages, within answer_s (the joint model: read_s, ...)
     row: dict[str, Any] = {"qid": q.qid, "kind": q.kind, "lang": q.lang, **score_retrieval(q, sources, unit, ks)}
     row["retrieved"] = [[s.doc_id, s.char_start, s.char_end, round(s.score, 4)] for s in sources]
     if answerer is not None:
-        doc_texts = {s.doc_id: document(s.doc_id).text for s in sources[: cfg.answer_k]}
         t1 = time.perf_counter()
-        answer = answerer.answer(q.question, sources[: cfg.answer_k], doc_texts)
+        answer = answer_in_rounds(answerer, q.question, sources[: cfg.answer_k], retrieve,
+                                  lambda doc_id: document(doc_id).text)
         timings["answer_s"] = time.perf_counter() - t1
         stages = {f"answer.{k}": v for k, v in answer.timings.items()}
-        doc_texts |= {c.doc_id: document(c.doc_id).text for c in answer.citations}
+        doc_texts = {c.doc_id: document(c.doc_id).text for c in answer.citations}
         row.update(score_answer(q, answer, doc_texts))
         row["answer"] = answer.text
         row["abstained"] = answer.abstained
         row["citations"] = [[c.doc_id, c.char_start, c.char_end] for c in answer.citations]
+        row["rewritten_query"] = answer.rewritten_query
+        row["second_round"] = float(answer.rewritten_query is not None)  # the share of questions the model rewrote
     timings["total_s"] = sum(timings.values())
     row["timings"] = {k: round(v, 4) for k, v in {**timings, **stages}.items()}
     return row
@@ -237,14 +243,15 @@ def _run_system(name: str, evalset: EvalSet, cfg: EvalConfig, answerers=None, en
     rows = []
     for q in evalset.questions:
         sources, retrieve_s = _retrieve(system, q, cfg.k)
-        rows.append(question_row(q, sources, retrieve_s, cfg, unit, ks, answerer, evalset.document))
+        rows.append(question_row(q, sources, retrieve_s, cfg, unit, ks, answerer, evalset.document,
+                                 retrieve=lambda query: system.retrieve([query], cfg.answer_k)[0]))
     return summarize(name, evalset.name, cfg, rows, build)
 
 
 def summarize(system: str, dataset: str, cfg: EvalConfig, rows: list[dict[str, Any]], build: dict) -> SystemResult:
     """Aggregate per-question rows into metrics with bootstrap intervals and latency percentiles."""
     names = [k for k in rows[0] if k not in ("qid", "kind", "lang", "retrieved", "answer", "abstained", "citations",
-                                             "timings")] if rows else []
+                                             "rewritten_query", "timings")] if rows else []
     metrics: dict[str, float | None] = {}
     ci: dict[str, list[float]] = {}
     for name in names:

@@ -69,6 +69,8 @@ class AnswerOut(BaseModel):
     route: str = Field(description="the model's judgement of the question: answer or abstain")
     sources: list[SourceOut] = Field(description="the sources read, the ones relied on first")
     timings: dict[str, float] = Field(description="seconds per stage")
+    rewritten_query: str | None = Field(None, description="the query of a second retrieval round, when the first "
+                                        "sources fell short and the model rewrote the question (null: none)")
     generation: int = Field(description="the index generation answered from (0: no index yet)")
 
 

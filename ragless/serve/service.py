@@ -249,24 +249,30 @@ class Service:
 
     def ask(self, question: str, k: int, filters: Filters | None = None,
             on_text: Callable[[str], None] | None = None) -> tuple[Answer, int]:
-        """The answer over the last committed generation, and that generation (0: no index yet)."""
+        """The answer over the last committed generation, and that generation (0: no index yet); a second retrieval
+        round, with the same filters, where the model rewrites the question (`ragless.ask.answer_in_rounds`)."""
+        from ragless.ask import answer_in_rounds
+
         t0 = time.perf_counter()
         reader = self.reader()
         asker = self._asker_for(reader)
-        sources: list[Source] = []
-        if asker is not None and len(reader):
+        def retrieve(query: str) -> list[Source]:
+            if asker is None or not len(reader):
+                return []
             wanted = max(k, self.cfg.filter_candidates) if filters else k
-            sources = asker.retrieve([question], k=wanted)[0]
+            found = asker.retrieve([query], k=wanted)[0]
             if filters:
-                sources = [s for s in sources if filters.passes(s, lambda d: self._meta_fields(reader, d))][:k]
+                found = [s for s in found if filters.passes(s, lambda d: self._meta_fields(reader, d))][:k]
+            return found
+
+        def document_text(doc_id: str) -> str:
+            with self._doc_lock:
+                return reader.document(doc_id).text
+
+        sources = retrieve(question)
         retrieve_s = time.perf_counter() - t0
-        with self._doc_lock:
-            doc_texts = {s.doc_id: reader.document(s.doc_id).text for s in sources}
-        answerer = self.answerer
-        if on_text is not None and self.streams:
-            answer = answerer.answer(question, sources, doc_texts, on_text=on_text)
-        else:
-            answer = answerer.answer(question, sources, doc_texts)
+        answer = answer_in_rounds(self.answerer, question, sources, retrieve, document_text,
+                                  on_text=on_text if self.streams else None)
         answer.timings = {"retrieve_s": round(retrieve_s, 4), **answer.timings}
         return answer, reader.generation if reader is not None else 0
 

@@ -195,3 +195,20 @@ def test_ragless_at_a_checkpoint_answers_with_that_joint_model(benchmark_data, t
         EvalConfig(systems=("ragless@missing",))
     with pytest.raises(ValueError, match="unknown system"):
         EvalConfig(systems=("ragless-ish",))
+
+
+def test_a_model_that_rewrites_takes_its_second_round_in_the_harness(benchmark_data, tmp_path):
+    from retrieve_generate_model.joint import JointConfig, JointModel
+    from retrieve_generate_model.rewrite import QueryRewriter, RewriteConfig
+
+    model = JointModel(JointConfig(abstain_bias=1e9, rewrite_rounds=1))  # its route always abstains
+    model.rewriter = QueryRewriter(model.generator, model.tokenizer, RewriteConfig(max_sentence_tokens=8))
+    checkpoint = tmp_path / "joint-rewrites"
+    model.save(checkpoint)
+    cfg = EvalConfig(dataset="squad-v1.1", data=str(benchmark_data), corpus="gold", limit=2,
+                     systems=(f"ragless@{checkpoint}",), bootstrap=50)
+    (result,) = evaluate(cfg, progress=lambda _: None)["results"]
+    assert result["metrics"]["second_round"] == 1.0 and "rewritten_query" not in result["metrics"]
+    for q in result["per_question"]:
+        assert q["abstained"] and q["rewritten_query"] and q["second_round"] == 1.0
+        assert q["timings"]["answer.rewrite_s"] > 0
