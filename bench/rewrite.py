@@ -26,19 +26,8 @@ from pathlib import Path
 sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import numpy as np  # noqa: E402
-
 from bench.common import git_commit, machine  # noqa: E402
 from ragless.eval import metrics as M  # noqa: E402
-
-
-def paired(a: list[float], b: list[float], seed: int = 0) -> list[float]:
-    """Mean of b - a and its 95% bootstrap interval over the questions."""
-    d = np.array(b, dtype=float) - np.array(a, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (1000, len(d)))].mean(1)
-    return [round(float(d.mean()), 4), round(float(np.quantile(means, 0.025)), 4),
-            round(float(np.quantile(means, 0.975)), 4)]
 
 
 def main() -> None:
@@ -106,8 +95,9 @@ def main() -> None:
                 vals = [s[metric] for s, k in zip(scores[name], keep) if k]
                 mean, low, high = M.bootstrap_ci(vals)
                 out.setdefault(name, {})[metric] = [round(mean, 4), round(low, 4), round(high, 4)] if vals else None
-                if name != "question" and vals:
-                    out[name][f"{metric} vs question"] = paired(base, vals)
+                if name != "question" and vals:  # paired over the questions: this way minus the question's
+                    d = M.paired_bootstrap(vals, base)
+                    out[name][f"{metric} vs question"] = [round(d[x], 4) for x in ("diff", "low", "high")]
         return out
 
     report = {
