@@ -15,12 +15,16 @@ Who judges that the sources fall short is the joint model: its answer abstains (
 its route). `ragless.ask.answer_in_rounds` then retrieves with the rewrite and answers the *original* question from
 the second round's sources; `Answer.rewritten_query` shows the query that was used.
 
-    rewriter = QueryRewriter(model.generator, model.tokenizer, folder="checkpoints/joint/rewrite")
-    rewriter.rewrite(["When did the tower open?"])
-    # ['When did the tower open? The tower opened to the public on 15 May 1889.']
+    rewriter = QueryRewriter(model.generator, model.tokenizer, folder="data/runs/rewrite-v1")
+    rewriter.rewrite(["When did the tower open?"])   # ['When did the tower open? <the sentence it wrote>']
 
-Trained (`train_rewriter`, resumable every ``save_every`` steps) by ``ragless train rewrite``; saved as the checkpoint's
+Trained (`train_rewriter`, resumable every ``save_every`` steps) by ``ragless train rewrite``; saved as a checkpoint's
 ``rewrite/`` folder (peft adapter files and ``rewrite.json``), which `JointModel.load` picks up.
+
+Measured (BENCHMARKS.md, "the learned query rewrite"): trained on the synthetic rows (their questions are word salad,
+people's are not), the adapters retrieved worse than SmolLM2 prompted with the same instruction, and on SQuAD v1.1 the
+second round changed no answer (the first answers' declines are the reader's margin, not missed passages); the shipped
+checkpoints do not enable it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """Questions written by a language model, for `ragless synth qa --writer generator|teacher`.
 
 The rules of `synth_pipeline.qa` ask with the sentence's own words (fronted and wh-cloze questions, some words dropped);
-people paraphrase. A language model asks in other words. Two writers, each given the answer's sentence, the answer and
-its kind, and asked for one question whose answer it is:
+people paraphrase. A language model asks in other words. Two writers, each given the answer's sentence and asked for
+one question that the answer answers:
 
 - ``generator``: the bundled SmolLM2-135M-Instruct (`retrieve_generate_model.generator`), greedy, with two worked
-  examples in the prompt. On the machine, nothing to configure — and, measured, of little use: on 44 drafts of the
-  training corpus (2026-12-04) it wrote a statement about the sentence instead of a question 42 times and put the
-  answer in the other 2 (0 kept, 2.6 s a question on 2 busy cores). It is here so that the pipeline runs the same
-  way with a model on the machine; a teacher is what makes questions worth having.
+  examples in the prompt, given the sentence with the answer blanked out and its reply begun with the rules' question
+  phrase (`blank_messages`). Told the answer instead (the teacher's prompt), it restated the sentence: 0 of 44 kept
+  (2026-12-04). Asked this way it writes fluent questions in its own words ("Where did Kamoya Kimeu find the Turkana
+  Boy?", "How many paintings did John Sheepshanks donate to the National Gallery of British Art?"): 140 of 339 kept
+  on the training corpus (2026-12-05: 174 failed the round trip, 14 held the answer, 11 were no question, too long or
+  about the blank), about 1 s a question on 2 busy cores.
 - ``teacher``: any OpenAI-compatible chat endpoint the user configures (a vLLM, llama.cpp or Ollama server, a hosted
   API): ``--teacher-url http://localhost:8000/v1 --teacher-model NAME``, the key (if the endpoint wants one) in
   ``$RAGLESS_TEACHER_API_KEY``. Never required; nothing else in ragless calls outside the machine.
@@ -46,7 +48,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from model_common.answer_metrics import token_f1
-from synth_pipeline.qa import seeded  # the drafts' own seeding: the draw does not depend on batch order
+from synth_pipeline.qa import (
+    question_word,  # the rules' question phrase, which begins the generator's reply
+    seeded,  # the drafts' own seeding: the draw does not depend on batch order
+)
 
 TEACHER_KEY_ENV = "RAGLESS_TEACHER_API_KEY"
 
@@ -58,6 +63,18 @@ _SHOTS = (
     ("Marie Curie shared the 1903 Nobel Prize in Physics with her husband Pierre and with Henri Becquerel.",
      "Henri Becquerel", "person", "Besides her husband, who won the physics prize alongside Marie Curie in 1903?"),
 )
+# The bundled generator is asked otherwise: told the answer, SmolLM2-135M restates the sentence instead of asking (42
+# of 44 replies, 2026-12-04). Given the sentence with the answer blanked out and a reply already begun with the rules'
+# question phrase, it has to ask, and it asks in its own words (`blank_messages`).
+_BLANK_SYSTEM = ("You turn a sentence with a blank (___) into the question that the blank answers, in your own words. "
+                 "Reply with the question only.")
+_BLANK_SHOTS = (
+    ("The Eiffel Tower was completed in ___ as the entrance arch to the World's Fair in Paris.",
+     "When was the Eiffel Tower finished?"),
+    ("Marie Curie shared the 1903 Nobel Prize in Physics with her husband Pierre and with ___.",
+     "Who won the physics prize with Marie Curie and her husband in 1903?"),
+)
+_BLANK = "___"
 _KIND_HINT = {"date": "a date", "year": "a year", "number": "a number", "measure": "an amount", "name": "a name",
               "quoted": "a title", "thing": "a thing", "person": "a person", "place": "a place"}
 
@@ -110,16 +127,37 @@ def messages(sentence: str, answer: str, kind: str) -> list[dict[str, str]]:
     return out
 
 
+def blank_messages(sentence: str, start: int, end: int, question_word: str) -> list[dict[str, str]]:
+    """The bundled generator's prompt for one question: the instruction, two worked examples, the sentence with the
+    answer (``sentence[start:end]``) blanked out, and the reply begun with ``question_word`` (a final assistant
+    message: `LocalChat` continues it).
+
+    >>> m = blank_messages("The bridge opened in 1932.", 21, 25, "In what year")
+    >>> [x["role"] for x in m][-3:], m[-2]["content"], m[-1]["content"]
+    (['assistant', 'user', 'assistant'], 'Sentence: The bridge opened in ___.', 'In what year')
+    """
+    out = [{"role": "system", "content": _BLANK_SYSTEM}]
+    for s, q in _BLANK_SHOTS:
+        out += [{"role": "user", "content": f"Sentence: {s}"}, {"role": "assistant", "content": q}]
+    out.append({"role": "user", "content": f"Sentence: {sentence[:start]}{_BLANK}{sentence[end:]}"})
+    out.append({"role": "assistant", "content": question_word})
+    return out
+
+
 def clean(text: str | None) -> str | None:
-    """The question in a model's reply: its first line, without a "Question:" label or quotes; None when the reply
-    holds no question.
+    """The question in a model's reply: its first line up to its first question mark, without a "Question:" label or
+    quotes; None when the reply holds no question.
 
     >>> clean('Question: "When did the bridge open?"\\nAnswer: 1932'), clean("The bridge opened."), clean(None)
     ('When did the bridge open?', None, None)
+    >>> clean("When did the bridge open? It opened in 1932.")
+    'When did the bridge open?'
     """
     if not text:
         return None
     line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
+    if "?" in line:
+        line = line[: line.index("?") + 1]
     line = re.sub(r"^(?:question|q)\s*[:.-]\s*", "", line, flags=re.IGNORECASE).strip().strip("\"'“”`").strip()
     return line if line.endswith("?") else None
 
@@ -128,13 +166,16 @@ def reject_reason(question: str | None, answer: str, segment_text: str, reader, 
                   lang: str = "en") -> str | None:
     """Why a written question cannot replace the rules' one (None: it can). The reasons, checked in order:
     ``no_question`` (nothing that ends with "?"), ``length`` (under 3 or over 30 words), ``holds_answer``,
-    ``round_trip`` (the reader, reading the question over the segment, does not find the answer)."""
+    ``mentions_blank`` (it asks about the prompt's blank, not about the sentence), ``round_trip`` (the reader, reading
+    the question over the segment, does not find the answer)."""
     if question is None:
         return "no_question"
     if not 3 <= len(question.split()) <= 30:
         return "length"
     if answer.lower() in question.lower():
         return "holds_answer"
+    if _BLANK in question or re.search(r"\bblank\b", question, re.IGNORECASE):
+        return "mentions_blank"
     spans = reader.spans(question, [segment_text], top=1)
     best = segment_text[spans[0].char_start:spans[0].char_end] if spans else ""
     return None if token_f1(best, answer, lang) >= min_f1 else "round_trip"
@@ -169,13 +210,17 @@ class LocalChat:
         out: list[str | None] = []
         try:
             for i in range(0, len(prompts), self.batch):
-                texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                         for p in prompts[i: i + self.batch]]
+                batch = prompts[i: i + self.batch]
+                # a final assistant message is the start of the reply: the model continues it
+                begun = [p[-1]["content"] if p[-1]["role"] == "assistant" else "" for p in batch]
+                texts = [tok.apply_chat_template(p[:-1] if b else p, tokenize=False, add_generation_prompt=True) + b
+                         for p, b in zip(batch, begun)]
                 enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
                 with torch.inference_mode():
                     ids = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                               pad_token_id=pad)
-                out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                replies = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out += [b + r for b, r in zip(begun, replies)]
         finally:
             tok.padding_side = side
         return out
@@ -288,17 +333,22 @@ class QuestionWriter:
         self.counts["cached"] += len(prompts) - len(todo)
         return [self.cache[k] for k in keys]
 
+    def prompt(self, d) -> list[dict[str, str]]:
+        """A draft's prompt: for the bundled generator, its sentence with the answer blanked and the reply begun with
+        the rules' question phrase (`blank_messages`); for a teacher, its sentence and answer (`messages`)."""
+        sentence = d.segment.text[d.sentence[0]:d.sentence[1]]
+        if self.config.writer == "generator":
+            start, end = d.answer_span[0] - d.sentence[0], d.answer_span[1] - d.sentence[0]
+            return blank_messages(sentence, start, end, question_word(sentence, start, d.kind, d.answer, d.lang))
+        return messages(sentence, d.answer, d.kind)
+
     def __call__(self, drafts: list) -> list:
         """The drafts (`synth_pipeline.qa._Draft`), those drawn for the writer with its question where it passed the
         round trip."""
         origin = self.config.writer
         chosen = [i for i, d in enumerate(drafts)
                   if seeded(self.seed, d.segment.seg_id, d.n, "writer").random() < self.config.written_fraction]
-        prompts = []
-        for i in chosen:
-            d = drafts[i]
-            prompts.append(messages(d.segment.text[d.sentence[0]:d.sentence[1]], d.answer, d.kind))
-        replies = self._replies(prompts)
+        replies = self._replies([self.prompt(drafts[i]) for i in chosen])
         out = list(drafts)
         for i, reply in zip(chosen, replies):
             d = drafts[i]

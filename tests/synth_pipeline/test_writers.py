@@ -111,6 +111,7 @@ def test_round_trip_through_the_reader(reader):
                          0.5) == "round_trip"
     assert reject_reason("Why?", "1810", text, reader, 0.5) == "length"
     assert reject_reason(None, "1810", text, reader, 0.5) == "no_question"
+    assert reject_reason("What is the blank in this sentence?", "1810", text, reader, 0.5) == "mentions_blank"
 
 
 def test_teacher_questions_replace_the_rules_ones_after_the_round_trip_and_are_cached(tmp_path, reader):
@@ -227,9 +228,12 @@ def test_the_bundled_generator_writes_questions(reader):
     report = writer.report()
     assert report["writer"] == "generator:SmolLM2-135M-Instruct" and report["asked"] == len(drafts)
     assert sum(report["rejected"].values()) + report["accepted"] == len(drafts)
-    replies = writer._replies([messages(d.segment.text[d.sentence[0]:d.sentence[1]], d.answer, d.kind)
-                               for d in drafts])  # cached: the same replies again
-    assert all(isinstance(r, str) and r.strip() for r in replies)
+    prompts = [writer.prompt(d) for d in drafts]
+    assert all(p[-2]["content"].count("___") == 1 and d.answer not in p[-2]["content"] for p, d in zip(prompts, drafts))
+    replies = writer._replies(prompts)  # cached: the same replies again
+    # asked with the answer blanked out, each reply goes on from the rules' question phrase
+    assert all(isinstance(r, str) and r.startswith(p[-1]["content"]) and len(r) > len(p[-1]["content"])
+               for r, p in zip(replies, prompts))
     for d, o in zip(drafts, out):  # a written question passed the round trip; the others are the rules' drafts
         if o.origin == "generator":
             assert reject_reason(o.question, d.answer, d.segment.text, reader, 0.5) is None
