@@ -63,18 +63,15 @@ def answer_in_rounds(answerer, question: str, sources: list[Source], retrieve: C
         return answer
     t1 = time.perf_counter()
     second = retrieve(query)
-    t2 = time.perf_counter()
-    timings = {**{f"first.{k}": v for k, v in answer.timings.items()}, "rewrite_s": round(t1 - t0, 4),
-               "retrieve2_s": round(t2 - t1, 4)}
-    if [s.seg_id for s in second] == [s.seg_id for s in sources]:
-        answer.rewritten_query = query
-        answer.timings = {**answer.timings, "rewrite_s": timings["rewrite_s"], "retrieve2_s": timings["retrieve2_s"]}
+    rounds = {"rewrite_s": round(t1 - t0, 4), "retrieve2_s": round(time.perf_counter() - t1, 4)}
+    if [s.seg_id for s in second] == [s.seg_id for s in sources]:  # the same reading would give the same answer
+        answer.rewritten_query, answer.timings = query, {**answer.timings, **rounds}
         return answer
     if on_text is not None:
         on_text(f"\nquery: {query}\n")
     final = _answer(answerer, question, second, document_text, on_text)
     final.rewritten_query = query
-    final.timings = {**timings, **final.timings}
+    final.timings = {**{f"first.{k}": v for k, v in answer.timings.items()}, **rounds, **final.timings}
     return final
 
 

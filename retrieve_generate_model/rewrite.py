@@ -144,6 +144,10 @@ class QueryRewriter:
 
     # -- writing
 
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+
     def prompt_ids(self, question: str) -> list[int]:
         cfg = self.config
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"][: cfg.max_question_tokens]
@@ -159,8 +163,7 @@ class QueryRewriter:
         if not questions:
             return []
         prompts = [self.prompt_ids(q) for q in questions]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width, pad = max(map(len, prompts)), self.pad_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # left-padded: all end where writing starts
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with self.active(), torch.inference_mode():
@@ -188,8 +191,7 @@ class QueryRewriter:
         import torch
 
         examples = [self.example(q, s) for q, s in pairs]
-        width = max(len(ids) for ids, _ in examples)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width, pad = max(len(ids) for ids, _ in examples), self.pad_id
         ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in examples])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in examples])
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in examples])
@@ -199,6 +201,11 @@ class QueryRewriter:
 def load_config(folder: str | Path) -> RewriteConfig:
     data = json.loads((Path(folder) / CONFIG_FILE).read_text())
     return RewriteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def state_file(folder: str | Path) -> Path:
+    """Where `train_rewriter` keeps the resumable state of a run saving to ``folder``: ``FOLDER.train.pt``."""
+    return Path(folder).with_name(Path(folder).name + ".train.pt")
 
 
 def train_rewriter(pairs: list[tuple[str, str]], rewriter: QueryRewriter, cfg: RewriteTrainConfig | None = None,
@@ -223,7 +230,7 @@ def train_rewriter(pairs: list[tuple[str, str]], rewriter: QueryRewriter, cfg: R
         raise ValueError("no (question, sentence) pairs to train the rewriter on")
     per_epoch = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * per_epoch
-    state = Path(save_to).with_name(Path(save_to).name + ".train.pt") if save_to is not None else None
+    state = state_file(save_to) if save_to is not None else None
     history: list[dict[str, Any]] = []
     with rewriter.active(trainable=True):
         params = [p for n, p in rewriter.generator.named_parameters() if p.requires_grad]

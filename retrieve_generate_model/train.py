@@ -401,7 +401,13 @@ def train_rewriter_alone(train_paths: list[str | Path], heldout_path: str | Path
     import torch
 
     from retrieve_generate_model.joint import JointModel
-    from retrieve_generate_model.rewrite import QueryRewriter, RewriteTrainConfig, train_rewriter, training_pairs
+    from retrieve_generate_model.rewrite import (
+        QueryRewriter,
+        RewriteTrainConfig,
+        state_file,
+        train_rewriter,
+        training_pairs,
+    )
 
     cfg = cfg or RewriteTrainConfig()
     pairs = training_pairs([row for path in train_paths for row in read_rows(path)])
@@ -419,8 +425,7 @@ def train_rewriter_alone(train_paths: list[str | Path], heldout_path: str | Path
         return round(sum(losses) / len(losses), 4)
 
     out = Path(out)
-    state = out.with_name(out.name + ".train.pt")
-    before = heldout_loss() if not state.is_file() else None  # a resumed run's adapters are no longer the start
+    before = heldout_loss() if not state_file(out).is_file() else None  # a resumed run's adapters are not the start
     history = train_rewriter(pairs, rewriter, cfg, save_to=out, log=log)
     report = {"train": [str(p) for p in train_paths], "checkpoint": str(checkpoint), "pairs": len(pairs),
               "history": history, "heldout": {"pairs": len(heldout), "loss_before": before,
@@ -599,7 +604,7 @@ def calibrate_abstain_bias(margins: list[float], answerable: list[bool]) -> floa
     candidates = [0.0, cuts[0] - 1.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1.0]
 
     def balanced(threshold: float) -> float:  # abstain iff margin > threshold
-        return (sum(m > threshold for m in pos) / len(pos) + sum(m <= threshold for m in neg) / len(neg)) / 2
+        return balanced_accuracy([m > threshold for m in margins], answerable)
 
     best = max(candidates, key=lambda t: (balanced(t), -abs(t)))  # ties: the smallest correction
     return round(-best, 4)

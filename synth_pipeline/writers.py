@@ -68,13 +68,11 @@ _SHOTS = (
 # question phrase, it has to ask, and it asks in its own words (`blank_messages`).
 _BLANK_SYSTEM = ("You turn a sentence with a blank (___) into the question that the blank answers, in your own words. "
                  "Reply with the question only.")
-_BLANK_SHOTS = (
-    ("The Eiffel Tower was completed in ___ as the entrance arch to the World's Fair in Paris.",
-     "When was the Eiffel Tower finished?"),
-    ("Marie Curie shared the 1903 Nobel Prize in Physics with her husband Pierre and with ___.",
-     "Who won the physics prize with Marie Curie and her husband in 1903?"),
-)
 _BLANK = "___"
+# the teacher's worked examples with their answers blanked, and questions that ask without a hint of the answer
+_BLANK_SHOTS = tuple((sentence.replace(answer, _BLANK), question) for (sentence, answer, _, _), question in zip(
+    _SHOTS, ("When was the Eiffel Tower finished?",
+             "Who won the physics prize with Marie Curie and her husband in 1903?")))
 _KIND_HINT = {"date": "a date", "year": "a year", "number": "a number", "measure": "an amount", "name": "a name",
               "quoted": "a title", "thing": "a thing", "person": "a person", "place": "a place"}
 

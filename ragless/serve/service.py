@@ -256,6 +256,7 @@ class Service:
         t0 = time.perf_counter()
         reader = self.reader()
         asker = self._asker_for(reader)
+
         def retrieve(query: str) -> list[Source]:
             if asker is None or not len(reader):
                 return []
