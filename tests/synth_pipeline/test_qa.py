@@ -245,6 +245,19 @@ def test_questions_per_sentence_asks_one_sentence_about_several_of_its_spans():
         QAConfig(questions_per_sentence=-1)
 
 
+def test_thing_candidates_are_cut_to_the_noun_phrase():
+    def things(sentence):
+        return [sentence[s:e] for s, e, kind in answer_candidates(sentence) if kind == "thing"]
+
+    # a past participle after the noun, a preposition the regex lets by, an adverb: cut off
+    assert things("The sultan signed an agreement dated in spring.") == ["agreement"]
+    assert things("This led to the split between both factions.") == ["split"]
+    assert things("He sent the memos quickly to his staff.") == ["memos", "staff"]
+    # an adjective alone is not an answer; a noun phrase with its adjectives is
+    assert things("It was a destructive and brutal war.") == []
+    assert things("It was kept in a glass case under the inner membrane.") == ["glass case", "inner membrane"]
+
+
 def test_answer_kinds_keeps_only_the_kinds_asked_for_and_the_budget_goes_to_them():
     every = [r for seed in range(4) for r in make_examples(segments(), lexical_retrieve, QAConfig(), seed=seed)]
     assert "thing" in {r["answer_kind"] for r in every}  # the fixture has lower-case phrases to ask about
