@@ -237,7 +237,8 @@ def _noun_phrase(span: str) -> str | None:
     words = []
     for w in span.split():
         low = w.lower()
-        if low in _FUNCTION_WORDS["en"] or low in _AUX["en"] or low in _NP_STOPS or (low.endswith("ly") and len(low) > 4):
+        adverb = low.endswith("ly") and len(low) > 4
+        if low in _FUNCTION_WORDS["en"] or low in _AUX["en"] or low in _NP_STOPS or adverb:
             break
         words.append(w)
     while len(words) > 1 and words[-1].lower().endswith("ed"):
