@@ -234,6 +234,8 @@ def test_the_bundled_generator_writes_questions(reader):
     # asked with the answer blanked out, each reply goes on from the rules' question phrase
     assert all(isinstance(r, str) and r.startswith(p[-1]["content"]) and len(r) > len(p[-1]["content"])
                for r, p in zip(replies, prompts))
+    # and ends at its first "?" (a token may carry a closing quote with it): nothing after it is read
+    assert all("?" not in r or len(r) - r.index("?") <= 3 for r in replies)
     for d, o in zip(drafts, out):  # a written question passed the round trip; the others are the rules' drafts
         if o.origin == "generator":
             assert reject_reason(o.question, d.answer, d.segment.text, reader, 0.5) is None
