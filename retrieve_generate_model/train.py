@@ -596,9 +596,7 @@ def calibrate_abstain_bias(margins: list[float], answerable: list[bool]) -> floa
     >>> calibrate_abstain_bias([2.0, 1.0, -1.0, -3.0], [False, True, False, True])   # 1.0 and -1.0 overlap
     -1.5
     """
-    pos = [m for m, a in zip(margins, answerable) if not a]
-    neg = [m for m, a in zip(margins, answerable) if a]
-    if not pos or not neg:
+    if all(answerable) or not any(answerable):
         return 0.0
     cuts = sorted(set(margins))
     candidates = [0.0, cuts[0] - 1.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1.0]

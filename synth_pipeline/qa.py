@@ -221,7 +221,7 @@ _NP_STOPS = frozenset(
     "behind beyond along beside besides despite via per both back such only even very more most less least still now "
     "here just too well again already always often never ever once since until while where whereby thus".split())
 _NOT_ALONE = frozenset("so-called first second third last next same other whole entire following latter former new "
-                       "old own only main various several certain particular".split())
+                       "old own main various several certain particular".split())
 _ADJECTIVE_ENDS = ("ous", "ive", "ful", "less", "able", "ible")
 
 
