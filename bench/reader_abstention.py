@@ -82,7 +82,7 @@ def read_all(folder: str, qs) -> list[dict]:
     from retrieve_generate_model.reader import AnswerReader, no_answer_margin
 
     reader = AnswerReader.load(folder)
-    if not reader.config.null_answer:
+    if not reader.null_answer:
         raise SystemExit(f"{folder}: a reader without the 'no answer' option has no margin to rank by")
     rows = []
     for q, text in qs:

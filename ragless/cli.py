@@ -555,6 +555,37 @@ def _cmd_train_reader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_ensemble(args: argparse.Namespace) -> int:
+    import shutil
+
+    from retrieve_generate_model.reader import CONFIG_FILE, AnswerReader
+
+    out = Path(args.out)
+    for folder in args.reader:
+        if not (Path(folder) / CONFIG_FILE).is_file():
+            raise UsageError(f"ragless train ensemble: {folder} is not a reader folder (no {CONFIG_FILE}; make one "
+                             f"with `ragless train reader`)")
+        if Path(folder).resolve() == out.resolve():
+            raise UsageError(f"ragless train ensemble: --out {out} is one of the readers; write it to another folder")
+    try:
+        ensemble = AnswerReader.ensemble(args.reader)
+    except ValueError as e:
+        raise UsageError(f"ragless train ensemble: {e}") from None
+    members = []
+    for name, folder in zip(("default", *ensemble.config.members), args.reader):
+        report = Path(folder) / "report.json"
+        members.append({"name": name, "from": str(folder),
+                        "report": json.loads(report.read_text()) if report.is_file() else None})
+    staging = out.with_name(out.name + ".tmp")  # a folder of its own: no member of an older ensemble is left in it
+    shutil.rmtree(staging, ignore_errors=True)
+    ensemble.save(staging)
+    (staging / "report.json").write_text(json.dumps({"members": members}, indent=1) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    print(json.dumps({"out": str(out), "members": [m["from"] for m in members]}))
+    return 0
+
+
 def _cmd_train_rewrite(args: argparse.Namespace) -> int:
     from ragless.components import checkpoint_path
     from retrieve_generate_model.train import train_rewriter_alone
@@ -707,6 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(m, AnswerReaderTrainConfig)
     add_dataclass_args(m, AnswerReaderConfig, skip=("lora_targets",))
     m.set_defaults(func=_cmd_train_reader)
+
+    m = models.add_parser("ensemble", help="several trained readers read as one (their scores averaged; nothing is "
+                                           "trained): into a checkpoint's reader/ folder")
+    m.add_argument("--reader", required=True, action="append",
+                   help="a reader folder (`ragless train reader --out`; repeat for each, the first is the default)")
+    m.add_argument("--out", required=True, help="folder of the ensemble, e.g. checkpoints/joint/reader (replaced)")
+    m.set_defaults(func=_cmd_train_ensemble)
 
     m = models.add_parser("rewrite", help="the joint model's query rewrite for a second retrieval round (into a "
                                           "checkpoint's rewrite/ folder; resumable: run the same command again)")

@@ -21,6 +21,13 @@ Adapters on the backbone (LoRA through ``peft``, every linear layer of the block
 rows of `synth_pipeline.qa` (`train_reader`, resumable epoch by epoch); they ship in the checkpoint's ``reader/``
 folder.
 
+Several readers trained apart (on different synthetic recipes) read better together than any one alone: an
+ensemble (`AnswerReader.ensemble`) keeps one backbone, loads every reader's adapters beside each other (peft's
+named adapters) and averages their start and end scores, token by token, before spans are chosen — the usual way of
+combining extractive readers (as the SQuAD leaderboard's ensembles do). "No answer" is averaged over the members that
+score it. An ensemble is saved as one folder (its members in sub-folders) and read like a single reader; it is not
+trained further (train its members, then assemble them).
+
     reader = AnswerReader.load("checkpoints/joint/reader")
     spans = reader.spans("When did the tower open?", ["The tower opened on 5 May 1889.", "Paris is large."])
     spans[0]   # the best span of either: Span(source=0, char_start=20, char_end=30, score=...), "5 May 1889"
@@ -34,7 +41,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,8 @@ class AnswerReaderConfig:
     # "no answer" is an option the reader scores (start and end on [CLS], as for SQuAD 2.0), trained on the rows
     # whose sources do not hold the answer; `no_answer_margin` is its score above the best span's
     null_answer: bool = False
+    # further readers read with this one (an ensemble): sub-folders of its folder, each a reader of its own
+    members: tuple[str, ...] = ()
 
     def __post_init__(self):
         room = self.max_tokens - self.max_question_tokens - 3  # [CLS] question [SEP] source [SEP]
@@ -95,8 +104,18 @@ def no_answer_margin(spans: list[Span], null: float | None) -> float | None:
     return null - spans[0].score if spans else float("inf")
 
 
+# the fields that decide how a question and its sources become windows: the members of an ensemble must share them
+WINDOW_FIELDS = ("max_tokens", "stride", "max_question_tokens", "max_answer_tokens")
+
+
+def _read_config(folder: Path) -> AnswerReaderConfig:
+    data = json.loads((folder / CONFIG_FILE).read_text())
+    return AnswerReaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 class AnswerReader:
-    """A private copy of the base MiniLM with LoRA adapters and a start/end head (see the module docstring)."""
+    """A private copy of the base MiniLM with LoRA adapters and a start/end head (see the module docstring); an
+    ensemble holds several readers' adapters and heads on that one copy."""
 
     def __init__(self, config: AnswerReaderConfig | None = None, folder: str | Path | None = None,
                  base: Encoder | None = None):
@@ -121,27 +140,75 @@ class AnswerReader:
             from safetensors.torch import load_file
 
             self.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+        # an ensemble's other readers: adapter name -> (its config, its head); "default" is this reader's own
+        self.members: dict[str, tuple[AnswerReaderConfig, torch.nn.Module]] = {}
+        for name in self.config.members:
+            if folder is None:
+                raise ValueError("a new reader has no members: assemble an ensemble with AnswerReader.ensemble")
+            self._add_member(Path(folder) / name, name)
         self.eval()
+
+    def _add_member(self, folder: Path, name: str) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        config = _read_config(folder)
+        if config.members:
+            raise ValueError(f"{folder} is an ensemble itself: list its members instead")
+        for field in WINDOW_FIELDS:
+            if getattr(config, field) != getattr(self.config, field):
+                raise ValueError(f"{folder}: {field} {getattr(config, field)} differs from the first reader's "
+                                 f"{getattr(self.config, field)}; an ensemble's readers must read the same windows")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            self.model.load_adapter(str(folder), adapter_name=name)
+        self.model.set_adapter("default")
+        head = torch.nn.Linear(self.head.in_features, 2)
+        head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+        self.members[name] = (config, head.eval())
+
+    @classmethod
+    def ensemble(cls, folders: Sequence[str | Path], base: Encoder | None = None) -> AnswerReader:
+        """The readers saved in ``folders`` read as one (see the module docstring); the first one's adapters are
+        the "default" ones, the others are named ``member1``, ``member2``, ... (their sub-folders once saved)."""
+        if not folders:
+            raise ValueError("an ensemble needs at least one reader folder")
+        reader = cls.load(folders[0], base=base)
+        if reader.members:
+            raise ValueError(f"{folders[0]} is an ensemble itself: list its members instead")
+        names = tuple(f"member{i}" for i in range(1, len(folders)))
+        for name, folder in zip(names, folders[1:]):
+            reader._add_member(Path(folder), name)
+        reader.config = replace(reader.config, members=names)
+        return reader
+
+    @property
+    def null_answer(self) -> bool:
+        """Whether the reader scores "no answer" (an ensemble: whether any of its readers does)."""
+        return self.config.null_answer or any(config.null_answer for config, _ in self.members.values())
 
     def eval(self) -> None:
         self.model.eval()
         self.head.eval()
+        for _, head in getattr(self, "members", {}).values():
+            head.eval()
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        self.model.save_pretrained(str(folder))
+        self.model.save_pretrained(str(folder))  # "default" in the folder, each member's adapters in its sub-folder
         (folder / "README.md").unlink(missing_ok=True)  # peft's blank model card
         save_file(self.head.state_dict(), str(folder / HEAD_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1) + "\n")
+        for name, (config, head) in self.members.items():
+            save_file(head.state_dict(), str(folder / name / HEAD_FILE))
+            (folder / name / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=1) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path, base: Encoder | None = None) -> AnswerReader:
         folder = Path(folder)
-        data = json.loads((folder / CONFIG_FILE).read_text())
-        config = AnswerReaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        return cls(config, folder=folder, base=base)
+        return cls(_read_config(folder), folder=folder, base=base)
 
     # -- reading
 
@@ -169,13 +236,33 @@ class AnswerReader:
         import torch
 
         enc, offsets, windows = self._encode(question, texts)
-        states = self.model(**enc).last_hidden_state  # [B, T, H]
-        scores = self.head(states)  # [B, T, 2]
+        scores = self._scores(enc)  # [B, T, 2]
         outside = torch.tensor([[o is None for o in row] for row in offsets])
-        if self.config.null_answer:
+        if self.null_answer:
             outside[:, 0] = False  # [CLS]: the "no answer" of each window
         scores = scores.masked_fill(outside[..., None], float("-inf"))
         return scores[..., 0], scores[..., 1], offsets, windows
+
+    def _scores(self, enc):
+        """Start and end scores [B, T, 2] of every token: the head's on the backbone's states; an ensemble's, the
+        mean of its readers' (at [CLS], "no answer", of those that score it)."""
+        if not self.members:
+            return self.head(self.model(**enc).last_hidden_state)
+        readers = [("default", self.config, self.head), *((n, c, h) for n, (c, h) in self.members.items())]
+        total, null, scoring = 0.0, 0.0, 0
+        try:
+            for name, config, head in readers:
+                self.model.set_adapter(name)
+                scores = head(self.model(**enc).last_hidden_state)
+                total = total + scores
+                if config.null_answer:
+                    null, scoring = null + scores[:, 0], scoring + 1
+        finally:
+            self.model.set_adapter("default")
+        mean = total / len(readers)
+        if scoring:
+            mean[:, 0] = null / scoring
+        return mean
 
     def spans(self, question: str, texts: Sequence[str], top: int = 5) -> list[Span]:
         """Each text's ``top`` best spans (each at most ``max_answer_tokens`` word pieces) as character spans of
@@ -191,7 +278,7 @@ class AnswerReader:
             return [], None
         with torch.inference_mode():
             start, end, offsets, windows = self.logits(question, texts)
-        null = float((start[:, 0] + end[:, 0]).max()) if self.config.null_answer else None
+        null = float((start[:, 0] + end[:, 0]).max()) if self.null_answer else None
         out: dict[tuple[int, int, int], Span] = {}  # windows overlap: a span read twice keeps its best score
         n = self.config.max_answer_tokens
         for b, row in enumerate(offsets):
@@ -224,6 +311,8 @@ class AnswerReader:
         together and marginalized over every occurrence of ``answer`` in what is read; None when what is read does
         not hold it (it was cut off). ``answer`` None (the texts do not answer): the likelihood of "no answer",
         marginalized over the windows' [CLS] (a reader with ``null_answer`` only)."""
+        if self.members:
+            raise ValueError("an ensemble is read, not trained: train its readers one by one, then assemble them")
         start, end, offsets, windows = self.logits(question, texts)
         starts, ends = [], []
         T = start.shape[1]

@@ -633,7 +633,7 @@ def calibrate(model: JointModel, heldout: list[dict[str, Any]]) -> dict[str, flo
         generator_abstains = [m + out["abstain_bias"] > 0 for m in margins]
     else:  # the route always answers: the reader's threshold is the whole rule
         generator_abstains = [False] * len(heldout)
-    if model.reader is not None and model.reader.config.null_answer:
+    if model.reader is not None and model.reader.null_answer:
         out["reader_abstain_margin"] = calibrate_reader_threshold(reader_margins(model, heldout), generator_abstains,
                                                                   answerable)
     return out

@@ -118,6 +118,79 @@ def test_training_killed_after_an_epoch_resumes_to_the_same_reader(tmp_path, enc
     assert not (tmp_path / "reader.train.pt").exists()
 
 
+def random_reader(seed: int, encoder, **config) -> AnswerReader:
+    """An untrained reader whose adapters, too, differ from another seed's (LoRA's B starts at zero)."""
+    torch.manual_seed(seed)
+    reader = AnswerReader(AnswerReaderConfig(**config), base=encoder)
+    for name, weight in reader.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=0.05)
+    return reader
+
+
+def test_an_ensemble_reads_with_the_mean_of_its_readers_scores_and_round_trips(tmp_path, encoder):
+    random_reader(1, encoder, null_answer=True).save(tmp_path / "a")
+    random_reader(2, encoder).save(tmp_path / "b")
+    a, b = AnswerReader.load(tmp_path / "a", base=encoder), AnswerReader.load(tmp_path / "b", base=encoder)
+    question, texts = "Who restored the violin?", [s["text"] for s in rows()[0]["sources"]]
+    start_a, end_a, offsets, windows = a.logits(question, texts)
+    start_b, end_b, _, _ = b.logits(question, texts)
+    assert not torch.allclose(start_a[:, 1:], start_b[:, 1:])  # two readers that disagree
+
+    both = AnswerReader.ensemble([tmp_path / "a", tmp_path / "b"], base=encoder)
+    assert both.config.members == ("member1",) and both.null_answer and not b.null_answer
+    start, end, offsets_both, windows_both = both.logits(question, texts)
+    assert (offsets_both, windows_both) == (offsets, windows)
+    source = torch.isfinite(start_b)  # the sources' tokens (b scores no [CLS])
+    torch.testing.assert_close(start[source], ((start_a + start_b) / 2)[source])
+    torch.testing.assert_close(end[source], ((end_a + end_b) / 2)[source])
+    torch.testing.assert_close(start[:, 0], start_a[:, 0])  # "no answer": the mean of the readers that score it
+    assert torch.isinf(start[~source & ~torch.isfinite(start_a)]).all()  # padding and question stay outside
+
+    both.save(tmp_path / "both")
+    assert json.loads((tmp_path / "both" / "reader.json").read_text())["members"] == ["member1"]
+    again = AnswerReader.load(tmp_path / "both", base=encoder)
+    assert again.read(question, texts) == both.read(question, texts)
+    assert a.read(question, texts) == AnswerReader.load(tmp_path / "a", base=encoder).read(question, texts)
+
+    with pytest.raises(ValueError, match="read, not trained"):
+        train_reader(rows(), again, log=lambda _: None)
+    with pytest.raises(ValueError, match="an ensemble itself"):
+        AnswerReader.ensemble([tmp_path / "a", tmp_path / "both"], base=encoder)
+    random_reader(3, encoder, stride=64).save(tmp_path / "c")
+    with pytest.raises(ValueError, match="stride 64 differs"):
+        AnswerReader.ensemble([tmp_path / "a", tmp_path / "c"], base=encoder)
+    with pytest.raises(ValueError, match="AnswerReader.ensemble"):
+        AnswerReader(AnswerReaderConfig(members=("member1",)), base=encoder)
+
+
+def test_ragless_train_ensemble_assembles_reader_folders(tmp_path, encoder, capsys):
+    from ragless.cli import main
+
+    for seed, name in [(1, "a"), (2, "b"), (3, "c")]:
+        random_reader(seed, encoder, null_answer=name == "a").save(tmp_path / name)
+    (tmp_path / "b" / "report.json").write_text('{"rows": 5}')
+    out = tmp_path / "reader"
+    (out / "member7").mkdir(parents=True)  # left by an older ensemble: replaced with the folder
+    args = ["train", "ensemble", "--reader", str(tmp_path / "a"), "--reader", str(tmp_path / "b"),
+            "--reader", str(tmp_path / "c"), "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == [str(tmp_path / n) for n in "abc"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["member1", "member2"]
+    report = json.loads((out / "report.json").read_text())["members"]
+    assert [(m["name"], m["report"]) for m in report] == [("default", None), ("member1", {"rows": 5}),
+                                                          ("member2", None)]
+    texts = ["In 1990 the violin was restored by Anna Lindqvist."]
+    expected = AnswerReader.ensemble([tmp_path / n for n in "abc"], base=encoder).read("Who?", texts)
+    assert AnswerReader.load(out, base=encoder).read("Who?", texts) == expected
+
+    assert main(["train", "ensemble", "--reader", str(out), "--out", str(tmp_path / "x")]) == 2  # nested
+    assert "an ensemble itself" in capsys.readouterr().err
+    assert main(["train", "ensemble", "--reader", str(tmp_path / "a"), "--out", str(tmp_path / "a")]) == 2
+    assert main(["train", "ensemble", "--reader", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a reader folder" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_spans_are_character_spans_of_the_sources_within_the_length_limit(encoder):
     torch.manual_seed(0)
     reader = AnswerReader(AnswerReaderConfig(max_answer_tokens=3), base=encoder)
