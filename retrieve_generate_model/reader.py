@@ -190,7 +190,7 @@ class AnswerReader:
     def eval(self) -> None:
         self.model.eval()
         self.head.eval()
-        for _, head in getattr(self, "members", {}).values():
+        for _, head in self.members.values():
             head.eval()
 
     def save(self, folder: str | Path) -> None:
