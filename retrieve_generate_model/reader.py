@@ -162,7 +162,6 @@ class AnswerReader:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             self.model.load_adapter(str(folder), adapter_name=name)
-        self.model.set_adapter("default")
         head = torch.nn.Linear(self.head.in_features, 2)
         head.load_state_dict(load_file(str(folder / HEAD_FILE)))
         self.members[name] = (config, head.eval())
@@ -245,23 +244,23 @@ class AnswerReader:
 
     def _scores(self, enc):
         """Start and end scores [B, T, 2] of every token: the head's on the backbone's states; an ensemble's, the
-        mean of its readers' (at [CLS], "no answer", of those that score it)."""
+        mean of its readers' (at [CLS], "no answer", of those that score it). An ensemble reads its windows once per
+        reader in one batch, each copy through its reader's adapters (peft's mixed-adapter batch: the active adapter
+        and every ``requires_grad`` stay as they are)."""
+        import torch
+
         if not self.members:
             return self.head(self.model(**enc).last_hidden_state)
-        readers = [("default", self.config, self.head), *((n, c, h) for n, (c, h) in self.members.items())]
-        total, null, scoring = 0.0, 0.0, 0
-        try:
-            for name, config, head in readers:
-                self.model.set_adapter(name)
-                scores = head(self.model(**enc).last_hidden_state)
-                total = total + scores
-                if config.null_answer:
-                    null, scoring = null + scores[:, 0], scoring + 1
-        finally:
-            self.model.set_adapter("default")
-        mean = total / len(readers)
-        if scoring:
-            mean[:, 0] = null / scoring
+        names = ["default", *self.members]
+        readers = [(self.config, self.head), *self.members.values()]
+        windows = enc["input_ids"].shape[0]
+        batch = {key: value.repeat(len(names), *[1] * (value.dim() - 1)) for key, value in enc.items()}
+        states = self.model(**batch, adapter_names=[n for n in names for _ in range(windows)]).last_hidden_state
+        scores = torch.stack([head(part) for (_, head), part in zip(readers, states.split(windows))])  # [R, B, T, 2]
+        mean = scores.mean(0)
+        null = [s[:, 0] for (config, _), s in zip(readers, scores) if config.null_answer]
+        if null:
+            mean[:, 0] = torch.stack(null).mean(0)
         return mean
 
     def spans(self, question: str, texts: Sequence[str], top: int = 5) -> list[Span]:

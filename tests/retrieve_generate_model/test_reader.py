@@ -140,6 +140,7 @@ def test_an_ensemble_reads_with_the_mean_of_its_readers_scores_and_round_trips(t
     both = AnswerReader.ensemble([tmp_path / "a", tmp_path / "b"], base=encoder)
     assert both.config.members == ("member1",) and both.null_answer and not b.null_answer
     start, end, offsets_both, windows_both = both.logits(question, texts)
+    assert not any(w.requires_grad for w in both.model.parameters())  # reading trains no adapter
     assert (offsets_both, windows_both) == (offsets, windows)
     source = torch.isfinite(start_b)  # the sources' tokens (b scores no [CLS])
     torch.testing.assert_close(start[source], ((start_a + start_b) / 2)[source])
